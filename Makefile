@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedhn-installed
 
-.PHONY: install test lint
+.PHONY: install test lint compare
 
 install: $(STAMP)
 
@@ -20,3 +20,7 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The main job: BN / GN / HN on the embedded digits, 10 clients with batch sizes 2..128.
+compare: install
+	$(BIN)/fedhn compare --norms bn,gn_g4,hn --run-config configs/quickstart.toml --out outputs/quickstart

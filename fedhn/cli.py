@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -45,3 +46,66 @@ def norms() -> None:
     typer.echo(
         "\nSets: bn, in, ln, gn (= gn_g32), en (= en_g1), gn_g<G>, en_g<G>; join with '+' for a learned mixture."
     )
+
+
+@app.command()
+def compare(
+    norms: Annotated[
+        str, typer.Option(help="Comma-separated norm specs; ';' separates specs that contain commas.")
+    ] = "bn,gn_g4,hn",
+    run_config: Annotated[
+        list[str] | None,
+        typer.Option("--run-config", "-c", help="A run-config TOML file or 'key=value ...' overrides (repeatable)."),
+    ] = None,
+    num_supernodes: Annotated[int, typer.Option(help="Simulated clients.")] = 10,
+    cpus_per_client: Annotated[
+        int, typer.Option(help="CPU cores per ClientApp (Ray schedules cores / this at once).")
+    ] = 1,
+    gpus_per_client: Annotated[float, typer.Option(help="GPU fraction per ClientApp, e.g. 0.25 (0 = CPU).")] = 0.0,
+    out: Annotated[Path | None, typer.Option(help="Output directory.", show_default="outputs/compare-<time>")] = None,
+    app_dir: Annotated[Path, typer.Option("--app", help="The Flower App (fedhn's project directory).")] = Path("."),
+) -> None:
+    """Run one Flower simulation per norm (flwr run) and write summary.md and accuracy.png."""
+    from fedhn.compare import Federation, default_out_dir, parse_run_config_args, plan_runs, run_comparison
+    from fedhn.config import ConfigError
+
+    if not (app_dir / "pyproject.toml").is_file():
+        raise typer.BadParameter(
+            f"{app_dir.resolve()} has no pyproject.toml; run from fedhn's project directory or pass --app"
+        )
+    out_dir = (out or default_out_dir()).resolve()
+    federation = Federation(num_supernodes, cpus_per_client, gpus_per_client)
+    specs = [n.strip() for n in (norms.split(";") if ";" in norms else norms.split(",")) if n.strip()]
+    try:
+        plans = plan_runs(app_dir.resolve(), specs, parse_run_config_args(run_config or []), out_dir, federation)
+    except ConfigError as error:
+        typer.secho(str(error), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    comparison = run_comparison(app_dir.resolve(), plans, out_dir, federation, echo=typer.echo)
+    typer.echo(f"\n{comparison.table}\nWrote {out_dir / 'summary.md'} and {out_dir / 'accuracy.png'}")
+    if comparison.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    dirs: Annotated[list[Path], typer.Argument(help="Run directories, or comparison directories holding them.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write summary.md and accuracy.png.", show_default="the one DIR, or .")
+    ] = None,
+) -> None:
+    """Rebuild summary.md and accuracy.png from existing run directories."""
+    from fedhn.report import write_report
+    from fedhn.results import CONFIG_FILE, read_results
+
+    run_dirs = []
+    for directory in dirs:
+        if (directory / CONFIG_FILE).is_file():
+            run_dirs.append(directory)
+        else:
+            run_dirs += sorted(p.parent for p in directory.glob(f"*/{CONFIG_FILE}"))
+    if not run_dirs:
+        raise typer.BadParameter(f"no fedhn run directory (with {CONFIG_FILE}) in {', '.join(map(str, dirs))}")
+    target = out or (dirs[0] if len(dirs) == 1 else Path("."))
+    table = write_report([read_results(d) for d in run_dirs], target)
+    typer.echo(f"{table}\nWrote {target / 'summary.md'} and {target / 'accuracy.png'}")

@@ -1,0 +1,53 @@
+"""Flower ClientApp: turns a train message into :func:`fedhn.task.train_client` and back."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedhn.config import RunConfig
+from fedhn.task import norm_keys, train_client
+
+app = ClientApp()
+LOCAL_NORMS = "local-norms"  # context.state key of the norm layers a FedBN client keeps
+
+
+@functools.lru_cache(maxsize=4)
+def _config(items: frozenset) -> RunConfig:
+    return RunConfig.from_mapping(dict(items))
+
+
+def run_config(mapping: Mapping) -> RunConfig:
+    """The validated run config, parsed once per process."""
+    return _config(frozenset(mapping.items()))
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    config = run_config(context.run_config)
+    partition_id = int(context.node_config["partition-id"])
+    local = config.stats_aggregation == "local"
+    kept = context.state.array_records.get(LOCAL_NORMS) if local else None
+    state, result = train_client(
+        config,
+        msg.content["arrays"].to_torch_state_dict(),
+        partition_id,
+        int(context.node_config["num-partitions"]),
+        int(msg.content["config"]["server-round"]),
+        local_state=kept.to_torch_state_dict() if kept is not None else None,
+    )
+    if local:
+        context.state[LOCAL_NORMS] = ArrayRecord({key: state[key] for key in norm_keys(config)})
+    metrics = MetricRecord(
+        {
+            "num-examples": result.examples,
+            "train-loss": result.loss,
+            "batch-size": result.batch_size,
+            "steps": result.steps,
+            "partition-id": partition_id,
+        }
+    )
+    return Message(content=RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)

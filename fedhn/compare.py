@@ -1,0 +1,196 @@
+"""``fedhn compare``: one Flower simulation (``flwr run``) per norm on a SuperLink of our own, then a
+summary table and an accuracy plot."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from flwr.common.config import parse_config_args
+
+from fedhn.config import ConfigError, RunConfig, load_app_defaults
+from fedhn.report import write_report
+from fedhn.results import METRICS_FILE, RunResults, read_results
+from fedhn.superlink import FlowerError, LocalSuperLink
+from fedhn.task import run_problems
+
+__all__ = ["Federation", "Comparison", "plan_runs", "run_comparison", "parse_run_config_args", "run_label"]
+
+LOG_TAIL_LINES = 25
+
+
+@dataclass(frozen=True)
+class Federation:
+    """The simulated federation: supernodes and the resources of each ClientApp."""
+
+    num_supernodes: int = 10
+    cpus_per_client: int = 1
+    gpus_per_client: float = 0.0
+
+    def as_flower_config(self) -> dict[str, Any]:
+        return {
+            "num-supernodes": self.num_supernodes,
+            "client-resources-num-cpus": self.cpus_per_client,
+            "client-resources-num-gpus": self.gpus_per_client,
+        }
+
+
+@dataclass
+class Comparison:
+    """What a comparison produced: runs read back from disk, and the runs that failed with why."""
+
+    out_dir: Path
+    runs: list[RunResults] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    table: str = ""
+
+
+def run_label(norm: str) -> str:
+    """A directory name for a norm spec (``mean=bn,std=bn+en`` -> ``mean-bn_std-bn+en``)."""
+    return re.sub(r"[^A-Za-z0-9_+.-]", "_", norm.replace("=", "-").replace(",", "_"))
+
+
+def parse_run_config_args(items: Sequence[str]) -> dict[str, Any]:
+    """Run-config overrides given as Flower does: TOML file paths or ``"key=value key2=value2"``
+    strings; later items win."""
+    merged: dict[str, Any] = {}
+    for item in items:
+        if item.endswith(".toml") and not Path(item).is_file():
+            raise ConfigError(f"run-config file {item} does not exist")
+        merged.update(parse_config_args([item]))
+    return merged
+
+
+def plan_runs(
+    app_dir: Path, norms: Sequence[str], overrides: dict[str, Any], out_dir: Path, federation: Federation
+) -> dict[str, RunConfig]:
+    """Validate every run before anything starts: one RunConfig per norm with absolute paths and its
+    own out-dir, checked against the data (the dataset loads, every client gets examples).
+
+    Raises:
+        ConfigError: every problem of every run, in one message.
+    """
+    if not norms:
+        raise ConfigError("no norms to compare: pass e.g. --norms bn,gn_g4,hn")
+    if federation.num_supernodes < 1 or federation.cpus_per_client < 1 or federation.gpus_per_client < 0:
+        raise ConfigError(
+            "--num-supernodes and --cpus-per-client must be >= 1 and --gpus-per-client >= 0 "
+            f"(got {federation.num_supernodes}, {federation.cpus_per_client}, {federation.gpus_per_client})"
+        )
+    base = load_app_defaults(app_dir) | overrides
+    if str(base.get("dataset", "")).endswith(".npz"):
+        base["dataset"] = str(Path(base["dataset"]).expanduser().resolve())
+    base["data-dir"] = str(Path(str(base.get("data-dir", "data"))).expanduser().resolve())
+    plans, problems = {}, []
+    for norm in norms:
+        try:
+            plans[norm] = RunConfig.from_mapping(base | {"norm": norm, "out-dir": str(out_dir / run_label(norm))})
+        except ConfigError as error:
+            problems.append(f"norm {norm!r}: {error}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    problems = [problem for config in plans.values() for problem in run_problems(config, federation.num_supernodes)]
+    if federation.num_supernodes < next(iter(plans.values())).min_train_nodes:
+        problems.append(f"--num-supernodes {federation.num_supernodes} is below min-train-nodes; add supernodes")
+    if problems:
+        raise ConfigError("Invalid run config:\n" + "\n".join(f"  - {p}" for p in problems))
+    return plans
+
+
+def run_comparison(
+    app_dir: Path,
+    plans: dict[str, RunConfig],
+    out_dir: Path,
+    federation: Federation,
+    echo: Callable[[str], None] = print,
+) -> Comparison:
+    """Run each planned simulation with ``flwr run`` on a SuperLink started (and stopped) here."""
+    comparison = Comparison(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with LocalSuperLink(workdir=out_dir) as superlink:
+        for index, (norm, config) in enumerate(plans.items(), start=1):
+            echo(
+                f"[{index}/{len(plans)}] {norm}: {config.model} on {Path(config.dataset).name}, "
+                f"{federation.num_supernodes} clients, {config.num_server_rounds} rounds"
+            )
+            failure = _run_one(superlink, app_dir, config, federation, norm, echo)
+            if failure:
+                reason, details = failure
+                comparison.failed[norm] = reason
+                echo(f"  {norm} FAILED: {reason}{details}")
+            else:
+                comparison.runs.append(read_results(config.out_dir))
+                echo(f"  {comparison.runs[-1].summary()}")
+    comparison.table = write_report(comparison.runs, out_dir, comparison.failed)
+    return comparison
+
+
+def _run_one(
+    superlink: LocalSuperLink,
+    app_dir: Path,
+    config: RunConfig,
+    federation: Federation,
+    norm: str,
+    echo: Callable[[str], None],
+) -> tuple[str, str] | None:
+    """Run one simulation; return why it failed (a reason and details such as the log tail), or None."""
+    run_dir = Path(config.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / METRICS_FILE).unlink(missing_ok=True)
+    config_file = run_dir / "run-config.toml"
+    config_file.write_text(tomli_w.dumps(config.to_dict()))
+    try:
+        run_id = superlink.submit(app_dir, config_file, federation.as_flower_config())
+    except FlowerError as error:
+        return str(error), ""
+    progress = _Progress(run_dir / METRICS_FILE, norm, config.num_server_rounds, echo)
+    try:
+        status = superlink.wait(run_id, on_poll=lambda _: progress.update())
+    except FlowerError as error:
+        return str(error), ""
+    finally:
+        log = superlink.log(run_id)
+        (run_dir / "flower.log").write_text(log)
+    progress.update()
+    if status["status"] != "finished:completed":
+        tail = "\n".join("    " + line for line in log.strip().splitlines()[-LOG_TAIL_LINES:])
+        return (
+            f"{status['status']} ({status.get('status-details', '')})",
+            f"\n  log tail ({run_dir / 'flower.log'}):\n{tail}",
+        )
+    rounds = len(read_results(run_dir).rounds)
+    if rounds != config.num_server_rounds:
+        return (
+            f"the run finished with {rounds} of {config.num_server_rounds} rounds recorded",
+            f"; see {run_dir / 'flower.log'}",
+        )
+    return None
+
+
+class _Progress:
+    """Echo each new line of a run's metrics.jsonl as it appears."""
+
+    def __init__(self, path: Path, norm: str, rounds: int, echo: Callable[[str], None]) -> None:
+        self.path, self.norm, self.rounds, self.echo, self.seen = path, norm, rounds, echo, 0
+
+    def update(self) -> None:
+        if not self.path.is_file():
+            return
+        records = read_results(self.path.parent).rounds
+        for record in records[self.seen :]:
+            loss = record.get("train_loss")
+            self.echo(
+                f"  [{self.norm}] round {record['round']}/{self.rounds}: test accuracy {record['test_accuracy']:.4f}"
+                + (f", train loss {loss:.3f}" if loss is not None else "")
+                + f" ({record['wall_time']:.1f} s)"
+            )
+        self.seen = len(records)
+
+
+def default_out_dir() -> Path:
+    return Path("outputs") / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"

@@ -1,0 +1,98 @@
+"""Local training and evaluation loops (no Flower here: the apps call these)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["TrainResult", "epoch_batches", "train", "evaluate", "client_lr"]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one client's local training did."""
+
+    loss: float  # mean training loss over all steps
+    steps: int
+    examples: int
+    batch_size: int  # the batch size actually used (see epoch_batches)
+
+
+def client_lr(lr: float, batch_size: int, scaling: str) -> float:
+    """The paper's linear scaling rule: ``lr * b / 128`` (``scaling="linear"``), else ``lr``."""
+    return lr * batch_size / 128 if scaling == "linear" else lr
+
+
+def epoch_batches(num_examples: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    """Shuffled index batches of one epoch.
+
+    Rule for small data: the batch size is at most the number of examples (a client smaller than
+    its batch size trains on its whole partition as one batch). A last batch of a single example is
+    merged into the batch before it, so no batch ever holds one example when there are two or more
+    (a single example cannot train batch statistics); every example is used every epoch.
+    """
+    if num_examples < 1:
+        raise ValueError("cannot train on an empty partition")
+    order = torch.randperm(num_examples, generator=generator)
+    batches = list(order.split(min(batch_size, num_examples)))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2] = torch.cat(batches[-2:])
+        batches.pop()
+    return batches
+
+
+def train(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    batch_size: int,
+    epochs: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    generator: torch.Generator,
+    augment: Callable[[Tensor], Tensor] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place with SGD on (normalized) ``images`` for ``epochs`` epochs.
+
+    Data and model stay on the device of ``images``; the loss is accumulated on the device and read
+    once at the end (no host sync per step).
+    """
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True)
+    total_loss = torch.zeros((), device=images.device)
+    steps = 0
+    for _ in range(epochs):
+        epoch_images = augment(images) if augment is not None else images
+        for index in epoch_batches(len(images), batch_size, generator):
+            index = index.to(images.device)
+            loss = F.cross_entropy(model(epoch_images[index]), labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.detach()
+            steps += 1
+    mean_loss = float(total_loss) / steps
+    if not math.isfinite(mean_loss):
+        raise FloatingPointError(f"training diverged (mean loss {mean_loss}); lower lr")
+    return TrainResult(mean_loss, steps, len(images) * epochs, min(batch_size, len(images)))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 500) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy of ``model`` in eval mode."""
+    model.eval()
+    loss = torch.zeros((), device=images.device, dtype=torch.float64)
+    correct = torch.zeros((), device=images.device, dtype=torch.long)
+    for start in range(0, len(images), batch_size):
+        logits = model(images[start : start + batch_size])
+        target = labels[start : start + batch_size]
+        loss += F.cross_entropy(logits, target, reduction="sum").double()
+        correct += (logits.argmax(1) == target).sum()
+    return float(loss) / len(images), float(correct) / len(images)

@@ -1,0 +1,27 @@
+"""Shared fixtures."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedhn.config import load_app_defaults
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def defaults() -> dict:
+    """The run-config defaults of the project's pyproject.toml."""
+    return load_app_defaults(PROJECT)
+
+
+@pytest.fixture
+def tiny_npz(tmp_path) -> Path:
+    """A 4-class, 3-channel, 8x8 dataset in the .npz format of ../shared/data."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(120) % 4
+    images = (rng.uniform(0, 60, size=(120, 8, 8, 3)) + labels[:, None, None, None] * 60).astype(np.uint8)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x_train=images[:96], y_train=labels[:96], x_test=images[96:], y_test=labels[96:])
+    return path

@@ -1,0 +1,64 @@
+"""Run-config validation: every key typed and checked, errors name the key, the allowed values and the nearest key."""
+
+import tomllib
+
+import pytest
+
+from fedhn.config import KEYS, ConfigError, RunConfig
+from tests.conftest import PROJECT
+
+
+def test_pyproject_defaults_are_a_valid_config_with_every_key(defaults):
+    assert set(defaults) == set(KEYS)
+    config = RunConfig.from_mapping(defaults)
+    assert config.batch_sizes == (2, 4, 8, 16, 32, 64, 128)
+    assert RunConfig.from_mapping(config.to_dict()) == config
+
+
+def test_integers_are_accepted_for_floats(defaults):
+    assert RunConfig.from_mapping(defaults | {"lr": 1}).lr == 1.0
+
+
+@pytest.mark.parametrize(
+    ("override", "fragments"),
+    [
+        ({"lr-scalling": "linear"}, ["unknown key 'lr-scalling'", "nearest valid key: 'lr-scaling'"]),
+        (
+            {"partitioner": "diriclet"},
+            ["partitioner = 'diriclet'", "iid, dirichlet, pathological", "nearest: 'dirichlet'"],
+        ),
+        ({"stats-aggregation": "avg"}, ["pooled, mean, local"]),
+        ({"norm": "hm"}, ["norm = 'hm'", "Did you mean 'hn'"]),
+        ({"model": "resnet9"}, ["model = 'resnet9'", "nearest: 'resnet8'"]),
+        ({"dataset": "cifar"}, ["dataset = 'cifar'", "path to a local .npz"]),
+        ({"num-server-rounds": "ten"}, ["num-server-rounds = 'ten': expected int"]),
+        ({"num-server-rounds": 0}, ["must be >= 1"]),
+        ({"fraction-train": 1.5}, ["fraction-train = 1.5: must be in (0.0, 1.0]"]),
+        ({"batch-sizes": "2,x"}, ["positive integers separated by commas"]),
+        ({"batch-sizes": "0,2"}, ["every batch size must be >= 1"]),
+        ({"seed": True}, ["seed = True: expected int"]),
+    ],
+)
+def test_bad_values_name_key_allowed_values_and_nearest(defaults, override, fragments):
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_mapping(defaults | override)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+def test_every_problem_is_reported_at_once(defaults):
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_mapping(defaults | {"lr": "fast", "momentum": -1.0, "colour": "red"})
+    assert str(info.value).count("\n  - ") == 3
+
+
+def test_missing_key_is_named(defaults):
+    del defaults["seed"]
+    with pytest.raises(ConfigError, match="missing key 'seed'"):
+        RunConfig.from_mapping(defaults)
+
+
+@pytest.mark.parametrize("path", sorted((PROJECT / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(defaults, path):
+    with open(path, "rb") as file:
+        RunConfig.from_mapping(defaults | tomllib.load(file))

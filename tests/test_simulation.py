@@ -1,0 +1,94 @@
+"""End to end: real `flwr run` simulations on a SuperLink of our own, with Ray, stopped by PID."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fedhn.cli import app
+from fedhn.models import build_model
+from fedhn.superlink import LocalSuperLink, live_members
+
+pytestmark = pytest.mark.simulation
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def test_compare_runs_one_simulation_per_norm_and_writes_the_report(tmp_path):
+    result = CliRunner().invoke(
+        app,
+        [
+            "compare",
+            "--norms",
+            "bn,hn",
+            "--num-supernodes",
+            "3",
+            "--run-config",
+            "num-server-rounds=2 batch-sizes='2,8,32' lr-schedule='cosine'",
+            "--out",
+            str(tmp_path),
+            "--app",
+            str(PROJECT),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    for norm in ("bn", "hn"):
+        lines = [json.loads(line) for line in (tmp_path / norm / "metrics.jsonl").read_text().splitlines()]
+        assert [line["round"] for line in lines] == [1, 2]
+        assert all(line["clients"] == 3 and line["failed"] == 0 and 0 <= line["test_accuracy"] <= 1 for line in lines)
+        assert lines[-1]["test_accuracy"] > 0.5  # digits, 10 classes: learning happened
+        config = json.loads((tmp_path / norm / "config.json").read_text())
+        assert config["run_config"]["norm"] == norm and config["versions"]["flwr"].startswith("1.42")
+        model = build_model("resnet8", num_classes=10, norm=norm, in_channels=1, image_size=8)
+        model.load_state_dict(torch.load(tmp_path / norm / "model.pt", weights_only=True))
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| bn |" in summary and "| hn |" in summary
+    assert (tmp_path / "accuracy.png").stat().st_size > 1000
+    assert "round 2/2" in result.output
+
+
+def test_a_failed_run_is_reported_as_failed_with_its_log(tmp_path):
+    result = CliRunner().invoke(
+        app,
+        [
+            "compare",
+            "--norms",
+            "bn",
+            "--num-supernodes",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--app",
+            str(PROJECT / "tests/apps/failing_app"),
+        ],
+    )
+    assert result.exit_code == 1
+    assert "bn FAILED: finished:failed" in result.output and "deliberate failure for the test" in result.output
+    assert "FAILED" in (tmp_path / "summary.md").read_text()
+
+
+def test_invalid_config_fails_before_any_flower_process_starts(tmp_path):
+    result = CliRunner().invoke(app, ["compare", "--norms", "gn_g32", "--out", str(tmp_path), "--app", str(PROJECT)])
+    assert result.exit_code == 2
+    assert "does not fit model 'resnet8'" in result.output
+    assert not (tmp_path / "gn_g32").exists()
+
+
+def test_stopping_the_superlink_mid_run_ends_the_serverapp_and_ray(tmp_path):
+    (tmp_path / "run.toml").write_text('num-server-rounds = 50\nout-dir = "' + str(tmp_path / "out") + '"\n')
+    superlink = LocalSuperLink(workdir=tmp_path)
+    superlink.start()
+    try:
+        run_id = superlink.submit(PROJECT, tmp_path / "run.toml", {"num-supernodes": 2})
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "out" / "metrics.jsonl").is_file():
+            assert time.monotonic() < deadline, "no round finished in 120 s"
+            time.sleep(0.5)
+        groups = superlink.process_groups()
+        assert groups and superlink.status(run_id)["status"] == "running"
+    finally:
+        superlink.stop()
+    assert not any(live_members(group) for group in groups)
+    assert not superlink.flwr_home.exists()

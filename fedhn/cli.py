@@ -8,10 +8,12 @@ from typing import Annotated
 import typer
 
 from fedhn import __version__
+from fedhn.deploy_cli import app as deploy_app
 
 app = typer.Typer(
     help="Heterologous Normalization and its family for federated learning on Flower.", no_args_is_help=True
 )
+app.add_typer(deploy_app, name="deploy")
 
 
 def _version(value: bool) -> None:
@@ -64,6 +66,7 @@ def compare(
     gpus_per_client: Annotated[float, typer.Option(help="GPU fraction per ClientApp, e.g. 0.25 (0 = CPU).")] = 0.0,
     out: Annotated[Path | None, typer.Option(help="Output directory.", show_default="outputs/compare-<time>")] = None,
     app_dir: Annotated[Path, typer.Option("--app", help="The Flower App (fedhn's project directory).")] = Path("."),
+    resume: Annotated[bool, typer.Option(help="Continue the runs in --out from their last checkpoints.")] = False,
 ) -> None:
     """Run one Flower simulation per norm (flwr run) and write summary.md and accuracy.png."""
     from fedhn.compare import Federation, default_out_dir, parse_run_config_args, plan_runs, run_comparison
@@ -77,7 +80,8 @@ def compare(
     federation = Federation(num_supernodes, cpus_per_client, gpus_per_client)
     specs = [n.strip() for n in (norms.split(";") if ";" in norms else norms.split(",")) if n.strip()]
     try:
-        plans = plan_runs(app_dir.resolve(), specs, parse_run_config_args(run_config or []), out_dir, federation)
+        overrides = parse_run_config_args(run_config or []) | ({"resume": True} if resume else {})
+        plans = plan_runs(app_dir.resolve(), specs, overrides, out_dir, federation)
     except ConfigError as error:
         typer.secho(str(error), fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None

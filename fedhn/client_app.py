@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Mapping
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedhn.config import RunConfig
+from fedhn.faults import InjectedFault, draw_fault, poison
 from fedhn.task import norm_keys, train_client
 
 app = ClientApp()
@@ -25,10 +27,21 @@ def run_config(mapping: Mapping) -> RunConfig:
     return _config(frozenset(mapping.items()))
 
 
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds (for reproducible client sampling)."""
+    metrics = MetricRecord({"partition-id": int(context.node_config["partition-id"])})
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     config = run_config(context.run_config)
     partition_id = int(context.node_config["partition-id"])
+    server_round = int(msg.content["config"]["server-round"])
+    fault = draw_fault(config.seed, partition_id, server_round, config.fault_rate, config.fault_kinds)
+    if fault == "raise":
+        raise InjectedFault(f"injected fault (fault-rate): client {partition_id} raised in round {server_round}")
     local = config.stats_aggregation == "local"
     kept = context.state.array_records.get(LOCAL_NORMS) if local else None
     state, result = train_client(
@@ -36,11 +49,15 @@ def train(msg: Message, context: Context) -> Message:
         msg.content["arrays"].to_torch_state_dict(),
         partition_id,
         int(context.node_config["num-partitions"]),
-        int(msg.content["config"]["server-round"]),
+        server_round,
         local_state=kept.to_torch_state_dict() if kept is not None else None,
     )
     if local:
         context.state[LOCAL_NORMS] = ArrayRecord({key: state[key] for key in norm_keys(config)})
+    if fault == "nan":
+        state = poison(state)
+    if fault == "hang":
+        time.sleep(config.round_timeout + 1)  # the reply arrives after the server stopped waiting
     metrics = MetricRecord(
         {
             "num-examples": result.examples,

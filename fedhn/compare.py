@@ -16,10 +16,10 @@ from flwr.common.config import parse_config_args
 from fedhn.config import ConfigError, RunConfig, load_app_defaults
 from fedhn.report import write_report
 from fedhn.results import METRICS_FILE, RunResults, read_results
-from fedhn.superlink import FlowerError, LocalSuperLink
+from fedhn.superlink import FlowerConnection, FlowerError, LocalSuperLink
 from fedhn.task import run_problems
 
-__all__ = ["Federation", "Comparison", "plan_runs", "run_comparison", "parse_run_config_args", "run_label"]
+__all__ = ["Federation", "Comparison", "plan_runs", "run_comparison", "run_one", "parse_run_config_args", "run_label"]
 
 LOG_TAIL_LINES = 25
 
@@ -118,7 +118,7 @@ def run_comparison(
                 f"[{index}/{len(plans)}] {norm}: {config.model} on {Path(config.dataset).name}, "
                 f"{federation.num_supernodes} clients, {config.num_server_rounds} rounds"
             )
-            failure = _run_one(superlink, app_dir, config, federation, norm, echo)
+            failure = run_one(superlink, app_dir, config, norm, echo, federation.as_flower_config())
             if failure:
                 reason, details = failure
                 comparison.failed[norm] = reason
@@ -130,31 +130,33 @@ def run_comparison(
     return comparison
 
 
-def _run_one(
-    superlink: LocalSuperLink,
+def run_one(
+    connection: FlowerConnection,
     app_dir: Path,
     config: RunConfig,
-    federation: Federation,
-    norm: str,
+    label: str,
     echo: Callable[[str], None],
+    federation_config: dict[str, Any] | None = None,
 ) -> tuple[str, str] | None:
-    """Run one simulation; return why it failed (a reason and details such as the log tail), or None."""
+    """Run the app once with ``flwr run`` on ``connection`` (a simulation SuperLink with its
+    federation config, or a deployment), echoing each round as it finishes; the run's directory
+    receives ``run-config.toml``, the results and ``flower.log``. Return why it failed (a reason and
+    details such as the log tail), or None."""
     run_dir = Path(config.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / METRICS_FILE).unlink(missing_ok=True)
     config_file = run_dir / "run-config.toml"
     config_file.write_text(tomli_w.dumps(config.to_dict()))
+    progress = _Progress(run_dir, label, config.num_server_rounds, echo)
     try:
-        run_id = superlink.submit(app_dir, config_file, federation.as_flower_config())
+        run_id = connection.submit(app_dir, config_file, federation_config)
     except FlowerError as error:
         return str(error), ""
-    progress = _Progress(run_dir / METRICS_FILE, norm, config.num_server_rounds, echo)
     try:
-        status = superlink.wait(run_id, on_poll=lambda _: progress.update())
+        status = connection.wait(run_id, on_poll=lambda _: progress.update())
     except FlowerError as error:
         return str(error), ""
     finally:
-        log = superlink.log(run_id)
+        log = connection.log(run_id)
         (run_dir / "flower.log").write_text(log)
     progress.update()
     if status["status"] != "finished:completed":
@@ -173,23 +175,28 @@ def _run_one(
 
 
 class _Progress:
-    """Echo each new line of a run's metrics.jsonl as it appears."""
+    """Echo each round of a run's metrics.jsonl as it appears (rounds already there at the start,
+    e.g. of a resumed run, are not repeated)."""
 
-    def __init__(self, path: Path, norm: str, rounds: int, echo: Callable[[str], None]) -> None:
-        self.path, self.norm, self.rounds, self.echo, self.seen = path, norm, rounds, echo, 0
+    def __init__(self, run_dir: Path, norm: str, rounds: int, echo: Callable[[str], None]) -> None:
+        self.run_dir, self.norm, self.rounds, self.echo = run_dir, norm, rounds, echo
+        self.last_round = self._records()[-1]["round"] if self._records() else 0
+
+    def _records(self) -> list[dict[str, Any]]:
+        return read_results(self.run_dir).rounds if (self.run_dir / METRICS_FILE).is_file() else []
 
     def update(self) -> None:
-        if not self.path.is_file():
-            return
-        records = read_results(self.path.parent).rounds
-        for record in records[self.seen :]:
+        for record in self._records():
+            if record["round"] <= self.last_round:
+                continue
             loss = record.get("train_loss")
             self.echo(
                 f"  [{self.norm}] round {record['round']}/{self.rounds}: test accuracy {record['test_accuracy']:.4f}"
                 + (f", train loss {loss:.3f}" if loss is not None else "")
+                + (f", {record['failed']} clients failed" if record.get("failed") else "")
                 + f" ({record['wall_time']:.1f} s)"
             )
-        self.seen = len(records)
+            self.last_round = record["round"]
 
 
 def default_out_dir() -> Path:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedhn.data import DATASETS
+from fedhn.faults import FAULT_KINDS
 from fedhn.models import model_names
 from fedhn.norms import parse_spec
 from strategies import STATS_AGGREGATIONS
@@ -40,8 +41,20 @@ def _at_least(low: float) -> Callable[[Any], str | None]:
     return lambda value: None if value >= low else f"must be >= {low}"
 
 
+def _between(low: float, high: float) -> Callable[[Any], str | None]:
+    return lambda value: None if low <= value <= high else f"must be in [{low}, {high}]"
+
+
 def _in_range(low: float, high: float) -> Callable[[Any], str | None]:
     return lambda value: None if low < value <= high else f"must be in ({low}, {high}]"
+
+
+def _fault_kinds(value: str) -> str | None:
+    kinds = [kind.strip() for kind in value.split(",") if kind.strip()]
+    unknown = sorted(set(kinds) - set(FAULT_KINDS))
+    return (
+        f"unknown fault kinds {unknown}; use a comma-separated subset of {', '.join(FAULT_KINDS)}" if unknown else None
+    )
 
 
 def _dataset(value: str) -> str | None:
@@ -111,8 +124,13 @@ KEYS: dict[str, Key] = {
     "classes-per-partition": Key(int, "classes per client of the pathological partitioner", _at_least(1)),
     "stats-aggregation": Key(str, "pooled | mean | local (FedBN)", _choice(*STATS_AGGREGATIONS)),
     "eval-batch-size": Key(int, "batch size of the server's evaluation", _at_least(1)),
-    "seed": Key(int, "seed of partitions, batch sizes, initialization and shuffling"),
+    "seed": Key(int, "seed of partitions, batch sizes, initialization, sampling and shuffling"),
     "out-dir": Key(str, "results directory ('' = outputs/<time>-<model>-<norm>)"),
+    "resume": Key(bool, "continue the run in out-dir from its last checkpoint"),
+    "init-model": Key(str, "a state_dict file (e.g. a model.pt) to start from ('' = random initialization)"),
+    "round-timeout": Key(float, "seconds the server waits for the replies of a round", _at_least(1.0)),
+    "fault-rate": Key(float, "probability that a client injects a fault in a round (tests, demos)", _between(0.0, 1.0)),
+    "fault-kinds": Key(str, "faults to inject: a comma-separated subset of raise, nan, hang", _fault_kinds),
 }
 
 
@@ -143,6 +161,11 @@ class RunConfig:
     eval_batch_size: int
     seed: int
     out_dir: str
+    resume: bool
+    init_model: str
+    round_timeout: float
+    fault_rate: float
+    fault_kinds: tuple[str, ...]
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> RunConfig:
@@ -172,15 +195,19 @@ class RunConfig:
             if problem:
                 problems.append(f"{key} = {value!r}: {problem}")
             values[key] = value
+        if values.get("resume") and not values.get("out-dir"):
+            problems.append("resume = true needs out-dir: the directory of the run to continue")
         if problems:
             raise ConfigError("Invalid run config:\n" + "\n".join(f"  - {p}" for p in problems))
         values["batch-sizes"] = tuple(int(part) for part in values["batch-sizes"].split(","))
+        values["fault-kinds"] = tuple(kind.strip() for kind in values["fault-kinds"].split(",") if kind.strip())
         return cls(**{f.name: values[f.name.replace("_", "-")] for f in fields(cls)})
 
     def to_dict(self) -> dict[str, Any]:
         """The flat run config (kebab-case keys), as Flower and config.json hold it."""
         flat = {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
         flat["batch-sizes"] = ",".join(map(str, self.batch_sizes))
+        flat["fault-kinds"] = ",".join(self.fault_kinds)
         return flat
 
 

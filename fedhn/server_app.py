@@ -1,9 +1,9 @@
-"""Flower ServerApp: validates the run config, runs :class:`strategies.StatsFedAvg` with centralized
-evaluation after every round, and records the results (:mod:`fedhn.results`)."""
+"""Flower ServerApp: validates the run, runs :class:`strategies.StatsFedAvg` with centralized
+evaluation and a checkpoint after every round, and records the results (:mod:`fedhn.results`)."""
 
 from __future__ import annotations
 
-import random
+import dataclasses
 import time
 from datetime import datetime
 from pathlib import Path
@@ -12,6 +12,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from fedhn.checkpoint import restore, save_checkpoint
 from fedhn.config import ConfigError, RunConfig
 from fedhn.results import RunRecorder, read_results
 from fedhn.task import new_model, round_lr, run_problems, test_data
@@ -21,28 +22,33 @@ from strategies import StatsFedAvg
 app = ServerApp()
 
 
-def output_dir(config: RunConfig) -> Path:
-    """``out-dir``, or ``outputs/<time>-<model>-<norm>`` when it is empty."""
+def with_output_dir(config: RunConfig) -> RunConfig:
+    """The config with ``out-dir`` set: ``outputs/<time>-<model>-<norm>`` when it is empty."""
     if config.out_dir:
-        return Path(config.out_dir)
+        return config
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("outputs") / f"{stamp}-{config.model}-{config.norm}".replace("=", "").replace(",", "_")
+    name = f"{stamp}-{config.model}-{config.norm}".replace("=", "").replace(",", "_")
+    return dataclasses.replace(config, out_dir=str(Path("outputs") / name))
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    config = RunConfig.from_mapping(context.run_config)
+    config = with_output_dir(RunConfig.from_mapping(context.run_config))
     problems = run_problems(config, num_partitions=len(list(grid.get_node_ids())))
     if problems:
         raise ConfigError("Invalid run config:\n" + "\n".join(f"  - {p}" for p in problems))
-    random.seed(config.seed)  # Flower samples clients with the random module
     torch.manual_seed(config.seed)
-    recorder = RunRecorder(output_dir(config), config.to_dict())
     model = new_model(config)
+    first_round = restore(config, model)
+    recorder = RunRecorder(config.out_dir, config.to_dict())
+    previous = read_results(recorder.out_dir).rounds
+    elapsed_before = previous[-1]["wall_time"] if previous else 0.0
     images, labels = test_data(config)
     strategy = StatsFedAvg(
         stats_aggregation=config.stats_aggregation,
         round_config=lambda server_round: {"lr": round_lr(config, server_round)},
+        first_round=first_round,
+        sampling_seed=config.seed,
         fraction_train=config.fraction_train,
         fraction_evaluate=0.0,
         min_train_nodes=config.min_train_nodes,
@@ -50,11 +56,11 @@ def main(grid: Grid, context: Context) -> None:
     )
     started = time.monotonic()
 
-    def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def evaluate_global(step: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
         loss, accuracy = evaluate(model, images, labels, config.eval_batch_size)
-        if server_round > 0:
-            report = strategy.last_round
+        if step > 0:
+            server_round, report = first_round - 1 + step, strategy.last_round
             recorder.log_round(
                 {
                     "round": server_round,
@@ -64,17 +70,18 @@ def main(grid: Grid, context: Context) -> None:
                     "clients": report.accepted,
                     "failed": len(report.dropped),
                     "failures": report.dropped,
-                    "aggregated": report.aggregated,
-                    "wall_time": round(time.monotonic() - started, 3),
+                    "wall_time": round(elapsed_before + time.monotonic() - started, 3),
                 }
             )
+            save_checkpoint(recorder.out_dir, server_round, model.state_dict(), config.to_dict())
         return MetricRecord({"test-accuracy": accuracy, "test-loss": loss})
 
     try:
         strategy.start(
             grid=grid,
             initial_arrays=ArrayRecord(model.state_dict()),
-            num_rounds=config.num_server_rounds,
+            num_rounds=config.num_server_rounds - first_round + 1,
+            timeout=config.round_timeout,
             train_config=ConfigRecord(),
             evaluate_fn=evaluate_global,
         )

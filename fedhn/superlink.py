@@ -1,13 +1,13 @@
-"""A Flower simulation SuperLink owned by this process, driven through the ``flwr`` CLI.
+"""Flower SuperLinks owned by this process, driven through the ``flwr`` CLI.
 
 ``flwr run .`` starts a detached SuperLink that keeps running; fedhn's commands start their own on
 a free port instead, in a private ``FLWR_HOME``, so that they can stop it, and everything it
 started (the ServerApp process and Ray), by PID when they finish or fail.
 
-Facts this relies on (Flower 1.42): the SuperLink serves all its APIs on one port; the ServerApp
-and the Ray actors run with the SuperLink's working directory; the SuperExec it spawns leads its
-own process group holding the ServerApp and Ray; ``flwr run`` exits 0 even when a run fails, so
-the run's status comes from ``flwr ls``.
+Facts this relies on (Flower 1.42): the SuperLink serves its Fleet, Control and Runtime APIs on one
+port; the ServerApp and the Ray actors run with the SuperLink's working directory; the SuperExec it
+spawns leads its own process group holding the ServerApp and Ray; ``flwr run`` exits 0 even when a
+run fails, so the run's status comes from ``flwr ls``.
 """
 
 from __future__ import annotations
@@ -15,24 +15,61 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LocalSuperLink", "FlowerError", "flower_env", "free_port", "live_members"]
+from fedhn.processes import children, end_groups, live_members, process_group
+
+__all__ = [
+    "Certificates",
+    "FlowerConnection",
+    "FlowerError",
+    "LocalSuperLink",
+    "flower_bin",
+    "flower_env",
+    "free_port",
+    "live_members",
+    "superlink_command",
+    "superlink_ready",
+]
 
 CONNECTION = "fedhn-local"
 
 
 class FlowerError(RuntimeError):
     """A Flower process or command failed."""
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """TLS files as ``scripts/make-certs.sh`` writes them into one directory: the CA certificate
+    (given to SuperNodes, SuperExecs and ``flwr``) and the SuperLink's certificate and key."""
+
+    directory: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.directory / "ca.crt"
+
+    @property
+    def cert(self) -> Path:
+        return self.directory / "server.pem"
+
+    @property
+    def key(self) -> Path:
+        return self.directory / "server.key"
+
+    def missing(self) -> list[Path]:
+        return [path for path in (self.ca, self.cert, self.key) if not path.is_file()]
 
 
 def free_port() -> int:
@@ -42,7 +79,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _bin(name: str) -> str:
+def flower_bin(name: str) -> str:
     """A console script of this Python environment (flwr, flower-superlink, ...)."""
     local = Path(sys.executable).parent / name
     found = str(local) if local.exists() else shutil.which(name)
@@ -63,7 +100,110 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     )
 
 
-class LocalSuperLink:
+def superlink_command(port: int, *, simulation: bool, certificates: Certificates | None = None) -> list[str]:
+    """``flower-superlink`` on 127.0.0.1:``port``: a simulation SuperLink that runs the ServerApp
+    itself, or a deployment one whose ServerApp runs under a separate SuperExec (process isolation)."""
+    mode = ["--simulation", "--isolation", "subprocess"] if simulation else ["--isolation", "process"]
+    security = (
+        ["--ssl-ca-certfile", str(certificates.ca), "--ssl-certfile", str(certificates.cert)]
+        + ["--ssl-keyfile", str(certificates.key)]
+        if certificates
+        else ["--insecure"]
+    )
+    return [
+        flower_bin("flower-superlink"),
+        *mode,
+        *security,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--disable-runtime-dependency-installation",
+    ]
+
+
+def superlink_ready(port: int, ca: Path | None = None) -> bool:
+    """Whether the SuperLink on 127.0.0.1:``port`` answers its health check (over TLS with ``ca``)."""
+    scheme, context = ("https", ssl.create_default_context(cafile=ca)) if ca else ("http", None)
+    try:
+        with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/health", timeout=0.5, context=context) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+class FlowerConnection:
+    """The ``flwr`` CLI against one SuperLink: a named connection in ``FLWR_HOME/config.toml``."""
+
+    def __init__(self, flwr_home: Path, name: str) -> None:
+        self.flwr_home = flwr_home
+        self.name = name
+
+    def configure(self, address: str, root_certificates: Path | None = None) -> None:
+        """Write the connection: TLS verified with ``root_certificates``, else insecure."""
+        security = f'root-certificates = "{root_certificates}"' if root_certificates else "insecure = true"
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        (self.flwr_home / "config.toml").write_text(f'[superlink.{self.name}]\naddress = "{address}"\n{security}\n')
+
+    def flwr(self, *args: str, cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+        """Run a ``flwr`` CLI command with this connection's FLWR_HOME."""
+        return subprocess.run(
+            [flower_bin("flwr"), *args], env=flower_env(self.flwr_home), cwd=cwd, capture_output=True, text=True
+        )
+
+    def _json(self, what: str, *args: str) -> dict[str, Any]:
+        result = self.flwr(*args, "--format", "json")
+        try:
+            reply = json.loads(result.stdout)
+        except json.JSONDecodeError:
+            raise FlowerError(f"{what} failed: {(result.stderr or result.stdout).strip()[-2000:]}") from None
+        if not reply.get("success"):
+            raise FlowerError(f"{what} failed: {reply.get('error-message', reply)}")
+        return reply
+
+    def submit(
+        self, app: str | Path, run_config: str | Path, federation_config: Mapping[str, Any] | None = None
+    ) -> int:
+        """Start a run of the Flower App at ``app`` with a run-config TOML file (and, for a
+        simulation, a federation config); return its run id."""
+        federation = " ".join(f"{key}={value}" for key, value in (federation_config or {}).items())
+        extra = ["--federation-config", federation] if federation else []
+        reply = self._json("flwr run", "run", str(app), self.name, "--run-config", str(run_config), *extra)
+        return int(reply["run-id"])
+
+    def status(self, run_id: int) -> dict[str, Any]:
+        """The run's entry of ``flwr ls`` (status: starting, running, finished:completed|failed|stopped)."""
+        try:
+            return self._json("flwr ls", "ls", self.name, "--run-id", str(run_id))["runs"][0]
+        except (KeyError, IndexError):
+            raise FlowerError(f"flwr ls does not know run {run_id}") from None
+
+    def supernodes(self) -> list[dict[str, Any]]:
+        """The SuperNodes the SuperLink knows (``flwr supernode ls``)."""
+        return self._json("flwr supernode ls", "supernode", "ls", self.name).get("nodes", [])
+
+    def check_running(self, run_id: int, status: str) -> None:
+        """Raise :class:`FlowerError` when what serves the run has stopped (nothing to check here)."""
+
+    def wait(
+        self, run_id: int, poll: float = 1.0, on_poll: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
+        """Wait until the run finishes; return its final status entry."""
+        while True:
+            run = self.status(run_id)
+            if on_poll is not None:
+                on_poll(run)
+            if run["status"].startswith("finished"):
+                return run
+            self.check_running(run_id, run["status"])
+            time.sleep(poll)
+
+    def log(self, run_id: int) -> str:
+        """The run's whole log (ServerApp and ClientApp output)."""
+        return self.flwr("log", str(run_id), self.name, "--show").stdout
+
+
+class LocalSuperLink(FlowerConnection):
     """Start a simulation SuperLink on 127.0.0.1 (a context manager that stops it on exit).
 
     Args:
@@ -74,10 +214,10 @@ class LocalSuperLink:
     """
 
     def __init__(self, workdir: str | Path = ".", port: int | None = None, startup_timeout: float = 30.0) -> None:
+        super().__init__(Path(tempfile.mkdtemp(prefix="fedhn-flwr-home-")), CONNECTION)
         self.workdir = Path(workdir).resolve()
         self.port = port or free_port()
         self.startup_timeout = startup_timeout
-        self.flwr_home = Path(tempfile.mkdtemp(prefix="fedhn-flwr-home-"))
         self.log_file = self.flwr_home / "superlink.log"
         self.process: subprocess.Popen | None = None
         self._groups: set[int] = set()  # process groups of the SuperExecs it started
@@ -91,25 +231,9 @@ class LocalSuperLink:
 
     def start(self) -> None:
         """Start the SuperLink and wait until it answers on its port."""
-        (self.flwr_home / "config.toml").write_text(
-            f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
-        )
-        command = [
-            _bin("flower-superlink"),
-            "--insecure",
-            "--simulation",
-            "--isolation",
-            "subprocess",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--log-file",
-            str(self.log_file),
-            "--disable-runtime-dependency-installation",
-        ]
+        self.configure(f"127.0.0.1:{self.port}")
         self.process = subprocess.Popen(
-            command,
+            [*superlink_command(self.port, simulation=True), "--log-file", str(self.log_file)],
             cwd=self.workdir,
             env=flower_env(self.flwr_home),
             stdout=subprocess.DEVNULL,
@@ -120,18 +244,11 @@ class LocalSuperLink:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise FlowerError(f"flower-superlink exited with code {self.process.returncode}; see {self.log_file}")
-            if self._healthy() and self.process.poll() is None:
+            if superlink_ready(self.port) and self.process.poll() is None:
                 return
             time.sleep(0.2)
         self.stop()
         raise FlowerError(f"flower-superlink did not answer within {self.startup_timeout:.0f} s; see {self.log_file}")
-
-    def _healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=0.5) as response:
-                return response.status == 200
-        except OSError:
-            return False
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop the SuperLink, then the process groups it started (ServerApp, Ray); remove FLWR_HOME."""
@@ -145,7 +262,7 @@ class LocalSuperLink:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        _end_groups(self._groups, grace)
+        end_groups(self._groups, grace)
         self.process = None
         shutil.rmtree(self.flwr_home, ignore_errors=True)
 
@@ -153,107 +270,10 @@ class LocalSuperLink:
         """Process groups of the SuperExecs the SuperLink started (each holds a ServerApp and its Ray
         cluster); remembered, since they outlive the SuperLink if it dies."""
         if self.process is not None:
-            self._groups |= {_process_group(child) for child in _children(self.process.pid)} - {None}
+            self._groups |= {process_group(child) for child in children(self.process.pid)} - {None}
         return set(self._groups)
 
-    def flwr(self, *args: str, cwd: str | Path | None = None) -> subprocess.CompletedProcess:
-        """Run a ``flwr`` CLI command against this SuperLink."""
-        return subprocess.run(
-            [_bin("flwr"), *args], env=flower_env(self.flwr_home), cwd=cwd, capture_output=True, text=True
-        )
-
-    def submit(self, app: str | Path, run_config: str | Path, federation_config: Mapping[str, Any]) -> int:
-        """Start a run of the Flower App at ``app`` with a run-config TOML file; return its run id."""
-        federation = " ".join(f"{key}={value}" for key, value in federation_config.items())
-        result = self.flwr(
-            "run",
-            str(app),
-            CONNECTION,
-            "--format",
-            "json",
-            "--run-config",
-            str(run_config),
-            "--federation-config",
-            federation,
-        )
-        try:
-            reply = json.loads(result.stdout)
-        except json.JSONDecodeError:
-            raise FlowerError(f"flwr run failed: {(result.stderr or result.stdout).strip()[-2000:]}") from None
-        if not reply.get("success"):
-            raise FlowerError(f"flwr run failed: {reply.get('error-message', reply)}")
-        return int(reply["run-id"])
-
-    def status(self, run_id: int) -> dict[str, Any]:
-        """The run's entry of ``flwr ls`` (status: starting, running, finished:completed|failed|stopped)."""
-        result = self.flwr("ls", CONNECTION, "--run-id", str(run_id), "--format", "json")
-        try:
-            return json.loads(result.stdout)["runs"][0]
-        except (json.JSONDecodeError, KeyError, IndexError):
-            raise FlowerError(f"flwr ls failed: {(result.stderr or result.stdout).strip()[-2000:]}") from None
-
-    def wait(
-        self, run_id: int, poll: float = 1.0, on_poll: Callable[[dict[str, Any]], None] | None = None
-    ) -> dict[str, Any]:
-        """Wait until the run finishes; return its final status entry."""
-        while True:
-            self.process_groups()
-            run = self.status(run_id)
-            if on_poll is not None:
-                on_poll(run)
-            if run["status"].startswith("finished"):
-                return run
-            if self.process is None or self.process.poll() is not None:
-                raise FlowerError(f"the SuperLink stopped while run {run_id} was {run['status']}; see {self.log_file}")
-            time.sleep(poll)
-
-    def log(self, run_id: int) -> str:
-        """The run's whole log (ServerApp and ClientApp output)."""
-        return self.flwr("log", str(run_id), CONNECTION, "--show").stdout
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def _process_group(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
-
-
-def live_members(group: int) -> list[int]:
-    """PIDs of the process group that are alive (zombies excluded)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == group and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
-
-
-def _end_groups(groups: set[int], grace: float) -> None:
-    """SIGTERM each process group, then SIGKILL what is still alive after ``grace`` seconds."""
-    for group in groups:
-        try:
-            os.killpg(group, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(live_members(group) for group in groups):
-        time.sleep(0.2)
-    for group in groups:
-        for pid in live_members(group):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    def check_running(self, run_id: int, status: str) -> None:
+        self.process_groups()
+        if self.process is None or self.process.poll() is not None:
+            raise FlowerError(f"the SuperLink stopped while run {run_id} was {status}; see {self.log_file}")

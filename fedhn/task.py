@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fedhn.checkpoint import check_restore
 from fedhn.config import RunConfig
 from fedhn.data import DATASETS, ImageData, assign_batch_sizes, crop_flip, load_dataset, partition_indices
 from fedhn.models import build_model
@@ -122,8 +123,9 @@ def norm_keys(config: RunConfig) -> frozenset[str]:
 
 def run_problems(config: RunConfig, num_partitions: int = 0) -> list[str]:
     """What would make a run fail, found before it starts: the dataset does not load, the norm does
-    not fit the model or the data, the clients would get no data or batch sizes larger than every
-    partition. ``num_partitions=0`` skips the partition checks."""
+    not fit the model or the data, out-dir, checkpoint or init-model do not fit the run, the clients
+    would get no data or batch sizes larger than every partition. ``num_partitions=0`` skips the
+    partition checks."""
     try:
         data = _dataset(config)
     except (FileNotFoundError, ValueError) as error:
@@ -134,6 +136,10 @@ def run_problems(config: RunConfig, num_partitions: int = 0) -> list[str]:
             model(torch.zeros(2, data.channels, data.image_size, data.image_size, device=device()))
     except ValueError as error:
         return [f"norm = {config.norm!r} does not fit model {config.model!r} on {config.dataset}: {error}"]
+    try:
+        check_restore(config, model)
+    except (FileNotFoundError, ValueError) as error:
+        return [str(error)]
     if not num_partitions:
         return []
     examples = len(data.y_train)

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
@@ -50,10 +51,16 @@ class StatsFedAvg(FedAvg):
             frameworks) or ``local`` (FedBN: clients keep their norm layers; the server pools its copy).
         round_config: called with the server round, returns entries added to that round's train
             config (e.g. a learning-rate schedule).
+        first_round: the number of the first round ``start`` runs (> 1 when a run resumes): round
+            numbers sent to clients, logged and used for sampling count from it.
+        sampling_seed: with ``fraction_train < 1``, sample clients reproducibly: nodes are ordered
+            by the ``partition-id`` they report to a QUERY message (node ids are random per run)
+            and sampled with a generator seeded by (seed, round).
         **kwargs: FedAvg's arguments (fraction_train, min_train_nodes, ...).
 
     Replies that carry an error, no ``num-examples``, non-finite values, or arrays whose keys,
-    shapes or dtypes differ from the global model are dropped with a logged reason. If fewer than
+    shapes or dtypes differ from the global model, and sampled clients that did not reply within the
+    timeout, are dropped with a logged reason. If fewer than
     ``min_train_nodes`` replies remain, :class:`RoundFailedError` ends the run with the reasons.
     ``last_round`` describes the latest round.
     """
@@ -62,6 +69,8 @@ class StatsFedAvg(FedAvg):
         self,
         stats_aggregation: StatsAggregation = "pooled",
         round_config: Callable[[int], dict[str, float | int | str]] | None = None,
+        first_round: int = 1,
+        sampling_seed: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -71,24 +80,54 @@ class StatsFedAvg(FedAvg):
             )
         self.stats_aggregation = stats_aggregation
         self.round_config = round_config
+        self.round_offset = first_round - 1
+        self.sampling_seed = sampling_seed
         self.last_round = RoundReport(0)
+        self.partition_of: dict[int, int] = {}  # node id -> partition id, as clients report it
         self._reference: dict[str, np.ndarray] = {}
+        self._sampled: list[int] = []
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.round_offset
         self._reference = {key: value.numpy() for key, value in arrays.items()}
         if self.round_config is not None:
             config = ConfigRecord({**config, **self.round_config(server_round)})
-        return super().configure_train(server_round, arrays, config, grid)
+        if self.sampling_seed is not None and self.fraction_train < 1.0:
+            self._learn_partitions(grid)
+            random.seed(f"sampling-{self.sampling_seed}-{server_round}")  # FedAvg samples with random
+            grid = _OrderedGrid(grid, self.partition_of)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._sampled = [message.metadata.dst_node_id for message in messages]
+        return messages
+
+    def _learn_partitions(self, grid: Grid) -> None:
+        """Ask nodes not seen before for their partition id (a QUERY message)."""
+        unknown = [node for node in grid.get_node_ids() if node not in self.partition_of]
+        if not unknown:
+            return
+        query = RecordDict({"config": ConfigRecord({"query": "partition-id"})})
+        messages = [Message(content=query, dst_node_id=node, message_type=MessageType.QUERY) for node in unknown]
+        for reply in grid.send_and_receive(messages, timeout=60):
+            if not reply.has_error() and reply.content.metric_records:
+                metrics = next(iter(reply.content.metric_records.values()))
+                self.partition_of[reply.metadata.src_node_id] = int(metrics["partition-id"])
+
+    def _client(self, node: int) -> str:
+        partition = self.partition_of.get(node)
+        return f"node {node}" if partition is None else f"client {partition} (node {node})"
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
         report = RoundReport(server_round)
         accepted: list[tuple[dict[str, np.ndarray], MetricRecord]] = []
+        replied = set()
         for message in replies:
-            client = f"node {message.metadata.src_node_id}"
+            replied.add(message.metadata.src_node_id)
+            client = self._client(message.metadata.src_node_id)
             if message.has_error():
                 report.dropped[client] = f"error: {_error_summary(message.error.reason)}"
                 continue
@@ -97,6 +136,11 @@ class StatsFedAvg(FedAvg):
                 report.dropped[client] = problem
                 continue
             accepted.append((state, metrics))
+            if "partition-id" in metrics:
+                self.partition_of[message.metadata.src_node_id] = int(metrics["partition-id"])
+        for node in self._sampled:
+            if node not in replied:
+                report.dropped[self._client(node)] = "no reply within the round timeout"
         for client, reason in report.dropped.items():
             log(WARNING, "Round %d: dropped the reply of %s: %s", server_round, client, reason)
         report.accepted = len(accepted)
@@ -144,6 +188,21 @@ class StatsFedAvg(FedAvg):
             if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
                 return {}, metrics, f"{key!r} has non-finite values"
         return state, metrics, None
+
+
+class _OrderedGrid:
+    """A Grid whose node ids come in partition order (then node id), so that seeded sampling picks
+    the same partitions in every run."""
+
+    def __init__(self, grid: Grid, partition_of: dict[int, int]) -> None:
+        self._grid, self._partition_of = grid, partition_of
+
+    def get_node_ids(self) -> list[int]:
+        unknown = 1 << 62
+        return sorted(self._grid.get_node_ids(), key=lambda node: (self._partition_of.get(node, unknown), node))
+
+    def __getattr__(self, name: str):
+        return getattr(self._grid, name)
 
 
 def _error_summary(reason: str, limit: int = 300) -> str:

@@ -182,3 +182,11 @@ def test_half_precision_input_keeps_its_dtype():
     y = layer(x)
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), norm_layer("hn")(8)(x.float()), atol=0.05, rtol=0.02)
+
+
+@pytest.mark.parametrize("spec", ["hn", "sn", "mean=in,std=en"])
+def test_layers_converted_to_bfloat16_train_and_keep_their_buffer_dtype(spec):
+    layer = norm_layer(spec)(8).to(torch.bfloat16)
+    y = layer(_input((4, 8, 3, 3)).to(torch.bfloat16))
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
+    assert all(b.dtype in (torch.bfloat16, torch.int64) for b in layer.buffers())

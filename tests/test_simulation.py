@@ -49,24 +49,32 @@ def test_compare_runs_one_simulation_per_norm_and_writes_the_report(tmp_path):
     assert "round 2/2" in result.output
 
 
+FAILING_SERVER = """
+from flwr.serverapp import ServerApp
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid, context):
+    raise RuntimeError("deliberate failure for the test")
+"""
+
+
 def test_a_failed_run_is_reported_as_failed_with_its_log(tmp_path):
+    """fedhn's app with a ServerApp that raises once it runs: compare must report it, not pass over it."""
+    app_dir = tmp_path / "app"
+    (app_dir / "failing").mkdir(parents=True)
+    (app_dir / "failing" / "server.py").write_text(FAILING_SERVER)
+    pyproject = (PROJECT / "pyproject.toml").read_text()
+    (app_dir / "pyproject.toml").write_text(pyproject.replace('"fedhn.server_app:app"', '"failing.server:app"'))
     result = CliRunner().invoke(
         app,
-        [
-            "compare",
-            "--norms",
-            "bn",
-            "--num-supernodes",
-            "2",
-            "--out",
-            str(tmp_path),
-            "--app",
-            str(PROJECT / "tests/apps/failing_app"),
-        ],
+        ["compare", "--norms", "bn", "--num-supernodes", "2", "--out", str(tmp_path / "out"), "--app", str(app_dir)],
     )
     assert result.exit_code == 1
     assert "bn FAILED: finished:failed" in result.output and "deliberate failure for the test" in result.output
-    assert "FAILED" in (tmp_path / "summary.md").read_text()
+    assert "FAILED" in (tmp_path / "out" / "summary.md").read_text()
 
 
 def test_invalid_config_fails_before_any_flower_process_starts(tmp_path):

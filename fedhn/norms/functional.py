@@ -19,7 +19,7 @@ from torch import Tensor
 
 from fedhn.norms.pixel_sets import PixelSet
 
-__all__ = ["set_moments", "pool_moments", "expand_groups", "set_size", "mix", "normalize"]
+__all__ = ["set_moments", "pool_moments", "expand_groups", "set_size", "mix", "affine_coefficients", "normalize"]
 
 
 def pool_moments(means: Tensor, variances: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
@@ -77,15 +77,24 @@ def mix(stats: Sequence[Tensor], logits: Tensor | None) -> Tensor:
     return sum(w * s for w, s in zip(weights, stats, strict=True))
 
 
-def normalize(x3: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
-    """Eq. (1)-(2): ``(x - mean) / sqrt(var + eps) * weight + bias`` with (B, C) statistics.
-
-    Written as ``x * scale + shift`` per (sample, channel), the form of PyTorch's own CPU kernels.
-    """
+def affine_coefficients(
+    mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    """``scale, shift`` such that eq. (1)-(2) is ``x * scale + shift``, for statistics of any shape
+    that broadcasts with ``weight`` and ``bias``."""
     scale = torch.rsqrt(var + eps)
     if weight is not None:
         scale = scale * weight
     shift = -mean * scale
     if bias is not None:
         shift = shift + bias
+    return scale, shift
+
+
+def normalize(x3: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    """Eq. (1)-(2): ``(x - mean) / sqrt(var + eps) * weight + bias`` with (B, C) statistics.
+
+    Written as ``x * scale + shift`` per (sample, channel), the form of PyTorch's own CPU kernels.
+    """
+    scale, shift = affine_coefficients(mean, var, weight, bias, eps)
     return torch.addcmul(shift.unsqueeze(-1), x3, scale.unsqueeze(-1))

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedhn.norms.functional import expand_groups, mix, normalize, set_moments, set_size
+from fedhn.norms.fused import accepts, fused_norm
 from fedhn.norms.pixel_sets import PixelSet, parse_pixel_sets
 from fedhn.norms.spec import NormSpec
 
@@ -56,6 +57,8 @@ class HeterologousNorm(nn.Module):
         self._running_mean_sets = tuple(s for s in self.mean_sets if s.over_batch)
         self._running_var_sets = tuple(s for s in self.std_sets if s.over_batch)
         self._kernel = self._native_kernel()
+        self._fused = self.mean_sets == (PixelSet(True, None),) and all(s.over_batch for s in self.std_sets)
+        self._affine_in_eval = len(self.mean_sets) == len(self.std_sets) == 1 and self.spec.uses_running_stats_only
 
         if affine:
             self.weight = nn.Parameter(torch.empty(num_features))
@@ -123,7 +126,32 @@ class HeterologousNorm(nn.Module):
             )
         if self._kernel == "group_norm":
             return F.group_norm(x, self.mean_sets[0].groups or self.num_features, self.weight, self.bias, self.eps)
+        if self.training and self._fused and accepts(x, self.weight):
+            return self._forward_fused(x)
+        if not self.training and self._affine_in_eval:
+            return self._forward_running(x)
         return self._forward_heterologous(x)
+
+    def _forward_fused(self, x: Tensor) -> Tensor:
+        """Training with the mean set bn and batch std sets: :mod:`fedhn.norms.fused`'s kernel."""
+        y, moments = fused_norm(x, self.std_sets, self.weight, self.bias, self.var_logits, self.eps)
+        self._update_running_stats(moments, x.shape)
+        return y
+
+    def _forward_running(self, x: Tensor) -> Tensor:
+        """Eval with one batch mean set and one batch std set: BatchNorm's native kernel on the running
+        statistics expanded to channels."""
+        return F.batch_norm(x, *self.running_statistics(), self.weight, self.bias, False, 0.0, self.eps)
+
+    def running_statistics(self) -> tuple[Tensor, Tensor]:
+        """The per-channel mean and variance (each (C,)) that eval mode normalizes with, for a layer whose
+        sets all pool over the batch (``spec.uses_running_stats_only``): eval mode is then the affine map
+        ``functional.affine_coefficients(mean, var, weight, bias, eps)`` per channel."""
+        if not self.spec.uses_running_stats_only:
+            raise ValueError(f"{self.spec} computes statistics of each sample in eval mode; it has no fixed statistics")
+        mean = mix([self._stat(s, {}, 0) for s in self.mean_sets], self.mean_logits)
+        var = mix([self._stat(s, {}, 1) for s in self.std_sets], self.var_logits)
+        return mean[0], var[0]
 
     def _forward_heterologous(self, x: Tensor) -> Tensor:
         n, c = x.shape[:2]
@@ -157,13 +185,15 @@ class HeterologousNorm(nn.Module):
     def _update_running_stats(self, moments: dict[PixelSet, tuple[Tensor, Tensor]], shape: torch.Size) -> None:
         factor = self._update_factor()
         for s in self._running_mean_sets:
-            self.running_mean[_segment(self._running_mean_sets, s, self.num_features)].lerp_(moments[s][0][0], factor)
+            segment = _segment(self._running_mean_sets, s, self.num_features)
+            self.running_mean[segment].lerp_(moments[s][0][0].to(self.running_mean.dtype), factor)
         for s in self._running_var_sets:
             segment = _segment(self._running_var_sets, s, self.num_features)
             count = set_size(s, shape)
-            self.running_var[segment].lerp_(moments[s][1][0] * (count / (count - 1)), factor)
+            unbiased = moments[s][1][0] * (count / (count - 1))
+            self.running_var[segment].lerp_(unbiased.to(self.running_var.dtype), factor)
             if hasattr(self, "running_var_center"):
-                self.running_var_center[segment].lerp_(moments[s][0][0], factor)
+                self.running_var_center[segment].lerp_(moments[s][0][0].to(self.running_var_center.dtype), factor)
 
     def _update_factor(self) -> float:
         """Advance the batch counter and return the running-average factor (BatchNorm's rule)."""

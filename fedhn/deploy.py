@@ -1,0 +1,219 @@
+"""The topology of ``docker-compose.yml`` as processes on 127.0.0.1: a SuperLink, a SuperExec that
+runs the ServerApp, and N SuperNodes, each with a SuperExec that runs its ClientApps (process
+isolation), optionally over TLS. Every process leads its own process group and is stopped by PID;
+``deployment.json`` in the state directory records them, so that a later command can use or stop a
+deployment that an earlier one started.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fedhn.processes import Process, spawn, stop
+from fedhn.superlink import (
+    Certificates,
+    FlowerConnection,
+    FlowerError,
+    flower_bin,
+    flower_env,
+    free_port,
+    superlink_command,
+    superlink_ready,
+)
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = ["CONNECTION", "Deployment", "make_certificates", "start"]
+
+CONNECTION = "fedhn-deploy"
+SERVER_PROCESSES = ("superlink", "superexec-serverapp")
+STATE_FILE = "deployment.json"
+
+
+def make_certificates(app_dir: Path, directory: Path) -> Certificates:
+    """Certificates in ``directory``, made with the app's ``scripts/make-certs.sh`` when missing."""
+    certificates = Certificates(directory.resolve())
+    if certificates.missing():
+        script = app_dir / "scripts" / "make-certs.sh"
+        result = subprocess.run(["bash", str(script), str(directory)], capture_output=True, text=True)
+        if result.returncode != 0 or certificates.missing():
+            raise FlowerError(f"{script} failed: {(result.stderr or result.stdout).strip()}")
+    return certificates
+
+
+@dataclass
+class Deployment:
+    """A running deployment: its ports, certificates and processes (SuperLink first)."""
+
+    state_dir: Path
+    port: int
+    node_ports: list[int]
+    certificates: Certificates | None
+    processes: list[Process] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def flwr_home(self) -> Path:
+        """FLWR_HOME of the ``flwr`` CLI, holding the connection ``fedhn-deploy``."""
+        return self.state_dir / "flwr-home"
+
+    @property
+    def connection(self) -> FlowerConnection:
+        return _DeploymentConnection(self)
+
+    def dead(self) -> list[str]:
+        """Names of its processes that are no longer running."""
+        return [process.name for process in self.processes if not process.alive()]
+
+    def save(self) -> None:
+        record = {
+            "port": self.port,
+            "node_ports": self.node_ports,
+            "certificates": str(self.certificates.directory) if self.certificates else None,
+            "processes": [process.to_dict() for process in self.processes],
+        }
+        (self.state_dir / STATE_FILE).write_text(json.dumps(record, indent=2))
+
+    @classmethod
+    def load(cls, state_dir: Path) -> Deployment | None:
+        """The deployment recorded in ``state_dir``, or None when there is none."""
+        path = state_dir / STATE_FILE
+        if not path.is_file():
+            return None
+        record = json.loads(path.read_text())
+        certificates = Certificates(Path(record["certificates"])) if record["certificates"] else None
+        processes = [Process.from_dict(entry) for entry in record["processes"]]
+        return cls(state_dir.resolve(), record["port"], record["node_ports"], certificates, processes)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop every process group (SuperExecs with their ServerApp and ClientApps included) and
+        forget the deployment."""
+        stop(self.processes, grace)
+        (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+
+    def describe(self) -> str:
+        """What runs where, and how to use it."""
+        tls = f"TLS, CA certificate {self.certificates.ca}" if self.certificates else "insecure (no TLS)"
+        roles = {"superlink": f"{self.address}: Fleet, Control and Runtime APIs"}
+        roles["superexec-serverapp"] = f"runs the ServerApp, connected to {self.address}"
+        for index, port in enumerate(self.node_ports):
+            config = f"partition-id={index} num-partitions={len(self.node_ports)}"
+            roles[f"supernode-{index}"] = f"127.0.0.1:{port}: Runtime API for its SuperExec; {config}"
+            roles[f"superexec-clientapp-{index}"] = f"runs the ClientApps of supernode-{index} (127.0.0.1:{port})"
+        width = max(map(len, roles))
+        lines = [f"  {p.name:<{width}}  pid {p.pid:<7}  {roles[p.name]}" for p in self.processes]
+        return "\n".join(
+            [
+                f"Flower deployment on 127.0.0.1, {len(self.node_ports)} SuperNodes, {tls}:",
+                *lines,
+                f"Logs: {self.state_dir}/<name>.log",
+                f"Connect: FLWR_HOME={self.flwr_home} flwr run . {CONNECTION}  (or: fedhn deploy run)",
+            ]
+        )
+
+
+class _DeploymentConnection(FlowerConnection):
+    """``flwr`` against the deployment's SuperLink; a run fails fast when the SuperLink or the
+    ServerApp's SuperExec died. A dead SuperNode does not stop the run: the server drops it after
+    the round timeout and goes on with the other nodes while ``min-train-nodes`` remain."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        super().__init__(deployment.flwr_home, CONNECTION)
+        self.deployment = deployment
+
+    def check_running(self, run_id: int, status: str) -> None:
+        if dead := [name for name in self.deployment.dead() if name in SERVER_PROCESSES]:
+            logs = self.deployment.state_dir
+            raise FlowerError(f"{', '.join(dead)} stopped while run {run_id} was {status}; see the logs in {logs}")
+
+
+def start(
+    state_dir: Path,
+    nodes: int,
+    port: int | None = None,
+    certificates: Certificates | None = None,
+    workdir: Path = Path("."),
+    timeout: float = 60.0,
+) -> Deployment:
+    """Start a deployment and wait until every SuperNode is connected; on any failure, stop what
+    was started and raise :class:`FlowerError`.
+
+    Args:
+        state_dir: where the processes' logs and FLWR_HOMEs, and ``deployment.json``, go.
+        nodes: the number of SuperNodes; SuperNode i gets ``partition-id=i num-partitions=nodes``.
+        port: the SuperLink's port (a free one by default); SuperNodes get free ports.
+        certificates: TLS for the SuperLink's port (Fleet, Control, Runtime APIs), or None.
+        workdir: working directory of every process: relative run-config paths resolve against it.
+    """
+    if nodes < 1:
+        raise FlowerError(f"a deployment needs at least one SuperNode, not {nodes}")
+    state_dir = state_dir.resolve()
+    if (running := Deployment.load(state_dir)) is not None:
+        if not running.dead():
+            raise FlowerError(f"a deployment is already running in {state_dir}; stop it with: fedhn deploy down")
+        running.stop()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    deployment = Deployment(state_dir, port or free_port(), [free_port() for _ in range(nodes)], certificates)
+    security = ["--root-certificates", str(certificates.ca)] if certificates else ["--insecure"]
+
+    def launch(name: str, *command: str) -> None:
+        env = flower_env(state_dir / name)  # a FLWR_HOME of its own, as in its own container
+        deployment.processes.append(spawn(name, command, state_dir / f"{name}.log", workdir.resolve(), env))
+
+    try:
+        launch("superlink", *superlink_command(deployment.port, simulation=False, certificates=certificates))
+        _wait(lambda: superlink_ready(deployment.port, certificates and certificates.ca), deployment, timeout)
+        superexec = [flower_bin("flower-superexec"), "--runtime-api-address"]
+        launch("superexec-serverapp", *superexec, deployment.address, *security)
+        for index, node_port in enumerate(deployment.node_ports):
+            launch(
+                f"supernode-{index}",
+                flower_bin("flower-supernode"),
+                "--superlink",
+                deployment.address,
+                *security,
+                "--isolation",
+                "process",
+                "--node-config",
+                f"partition-id={index} num-partitions={nodes}",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(node_port),
+            )
+            launch(f"superexec-clientapp-{index}", *superexec, f"127.0.0.1:{node_port}", "--insecure")
+        connection = deployment.connection
+        connection.configure(deployment.address, certificates and certificates.ca)
+        _wait(lambda: _online(connection) >= nodes, deployment, timeout)
+        deployment.save()
+    except BaseException:
+        deployment.stop()
+        raise
+    return deployment
+
+
+def _online(connection: FlowerConnection) -> int:
+    return sum(node.get("status") == "online" for node in connection.supernodes())
+
+
+def _wait(ready: Callable[[], bool], deployment: Deployment, timeout: float) -> None:
+    """Wait until ``ready()``; raise when a process died or ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if dead := deployment.dead():
+            raise FlowerError(f"{', '.join(dead)} exited at startup; see {deployment.state_dir}/{dead[0]}.log")
+        if time.monotonic() > deadline:
+            raise FlowerError(
+                f"the deployment was not ready within {timeout:.0f} s; see the logs in {deployment.state_dir}"
+            )
+        time.sleep(0.3)

@@ -1,0 +1,157 @@
+"""``fedhn deploy up|run|status|down``: the docker-compose.yml topology as processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from fedhn.deploy import Deployment
+
+app = typer.Typer(
+    help="A Flower deployment on this machine: SuperLink, SuperNodes and their SuperExecs, stopped by PID.",
+    no_args_is_help=True,
+)
+
+STATE_DIR = Path(".flwr-home/deploy")  # gitignored, hence never packed into the FAB
+StateDir = Annotated[
+    Path, typer.Option("--state-dir", help="Logs, FLWR_HOMEs and deployment.json of the deployment (gitignored).")
+]
+Nodes = Annotated[int, typer.Option("--nodes", "-n", help="SuperNodes; node i gets partition-id=i.")]
+Port = Annotated[int | None, typer.Option(help="The SuperLink's port.", show_default="a free port")]
+Tls = Annotated[bool, typer.Option("--tls/--insecure", help="TLS on the SuperLink's port (Fleet, Control, Runtime).")]
+CertDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--certificates",
+        help="ca.crt, server.pem, server.key (made with scripts/make-certs.sh when missing).",
+        show_default="STATE_DIR/certificates",
+    ),
+]
+AppDir = Annotated[Path, typer.Option("--app", help="The Flower App (fedhn's project directory).")]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def _start(
+    state_dir: Path, nodes: int, port: int | None, tls: bool, certificates: Path | None, app_dir: Path
+) -> Deployment:
+    from fedhn.deploy import make_certificates, start
+    from fedhn.superlink import FlowerError
+
+    try:
+        certs = make_certificates(app_dir, certificates or state_dir / "certificates") if tls else None
+        return start(state_dir, nodes, port, certs)
+    except FlowerError as error:
+        raise _fail(str(error)) from None
+
+
+@app.command()
+def up(
+    nodes: Nodes = 2,
+    port: Port = None,
+    tls: Tls = True,
+    certificates: CertDir = None,
+    state_dir: StateDir = STATE_DIR,
+    app_dir: AppDir = Path("."),
+) -> None:
+    """Start a deployment in the background and wait until every SuperNode is connected.
+
+    A SuperLink, a SuperExec for the ServerApp, and N SuperNodes each with a SuperExec for its
+    ClientApps, all on 127.0.0.1.
+    """
+    deployment = _start(state_dir, nodes, port, tls, certificates, app_dir)
+    typer.echo(deployment.describe())
+    typer.echo("Stop: fedhn deploy down")
+
+
+@app.command()
+def run(
+    run_config: Annotated[
+        list[str] | None,
+        typer.Option("--run-config", "-c", help="A run-config TOML file or 'key=value ...' overrides (repeatable)."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory.", show_default="outputs/deploy-<time>")] = None,
+    nodes: Nodes = 2,
+    port: Port = None,
+    tls: Tls = True,
+    certificates: CertDir = None,
+    state_dir: StateDir = STATE_DIR,
+    app_dir: AppDir = Path("."),
+) -> None:
+    """Run the app on the deployment (flwr run APP fedhn-deploy); results go to OUT/<norm>.
+
+    Uses the deployment of `fedhn deploy up` (whose --nodes, --port, --tls and --certificates then
+    apply); without one, starts a deployment for this run and stops it afterwards, also when the run
+    fails.
+    """
+    from datetime import datetime
+
+    from fedhn.compare import Federation, parse_run_config_args, plan_runs, run_one
+    from fedhn.config import ConfigError, load_app_defaults
+    from fedhn.deploy import Deployment
+    from fedhn.results import read_results
+    from fedhn.superlink import FlowerError
+
+    app_dir = app_dir.resolve()
+    running = Deployment.load(state_dir)
+    if running is not None and running.dead():
+        raise _fail(
+            f"the deployment in {state_dir} is broken ({', '.join(running.dead())} stopped); run: fedhn deploy down"
+        )
+    out_dir = (out or Path("outputs") / f"deploy-{datetime.now():%Y%m%d-%H%M%S}").resolve()
+    try:
+        overrides = parse_run_config_args(run_config or [])
+        norm = str(overrides.get("norm", load_app_defaults(app_dir)["norm"]))
+        federation = Federation(num_supernodes=len(running.node_ports) if running else nodes)
+        config = plan_runs(app_dir, [norm], overrides, out_dir, federation)[norm]
+    except (ConfigError, OSError) as error:
+        raise _fail(str(error), code=2) from None
+    deployment = running or _start(state_dir, nodes, port, tls, certificates, app_dir)
+    if running is None:
+        typer.echo(deployment.describe() + "\n(a deployment for this run: stopped when it ends)")
+    on_sigterm = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SIGTERM too runs `finally`
+    try:
+        failure = run_one(deployment.connection, app_dir, config, norm, typer.echo)
+    except FlowerError as error:
+        failure = str(error), ""
+    finally:
+        signal.signal(signal.SIGTERM, on_sigterm)
+        if running is None:
+            deployment.stop()
+    if failure:
+        raise _fail(f"run FAILED: {''.join(failure)}")
+    typer.echo(read_results(config.out_dir).summary())
+
+
+@app.command()
+def status(state_dir: StateDir = STATE_DIR) -> None:
+    """Show the deployment: processes, ports, how to connect."""
+    from fedhn.deploy import Deployment
+
+    deployment = Deployment.load(state_dir)
+    if deployment is None:
+        raise _fail(f"no deployment in {state_dir}; start one with: fedhn deploy up")
+    typer.echo(deployment.describe())
+    if dead := deployment.dead():
+        raise _fail(f"stopped: {', '.join(dead)} (logs in {deployment.state_dir}); run: fedhn deploy down")
+
+
+@app.command()
+def down(state_dir: StateDir = STATE_DIR) -> None:
+    """Stop every process of the deployment by PID, with what its SuperExecs started."""
+    from fedhn.deploy import Deployment
+
+    deployment = Deployment.load(state_dir)
+    if deployment is None:
+        typer.echo(f"no deployment in {state_dir}")
+        return
+    deployment.stop()
+    typer.echo(f"stopped {len(deployment.processes)} processes of the deployment in {deployment.state_dir}")

@@ -11,7 +11,7 @@ from flwr.clientapp import ClientApp
 
 from fedhn.config import RunConfig
 from fedhn.faults import InjectedFault, draw_fault, poison
-from fedhn.task import norm_keys, train_client
+from fedhn.task import client_statistics, norm_keys, train_client
 
 app = ClientApp()
 LOCAL_NORMS = "local-norms"  # context.state key of the norm layers a FedBN client keeps
@@ -27,11 +27,25 @@ def run_config(mapping: Mapping) -> RunConfig:
     return _config(frozenset(mapping.items()))
 
 
-@app.query()
-def query(msg: Message, context: Context) -> Message:
+@app.query("partition")
+def partition(msg: Message, context: Context) -> Message:
     """Tell the server which partition this node holds (for reproducible client sampling)."""
     metrics = MetricRecord({"partition-id": int(context.node_config["partition-id"])})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@app.query("calibrate")
+def calibrate(msg: Message, context: Context) -> Message:
+    """Sums of the norm layers' inputs over the whole partition, for exact pooled statistics."""
+    config = run_config(context.run_config)
+    sums, examples = client_statistics(
+        config,
+        msg.content["arrays"].to_torch_state_dict(),
+        int(context.node_config["partition-id"]),
+        int(context.node_config["num-partitions"]),
+    )
+    content = RecordDict({"sums": ArrayRecord(sums), "metrics": MetricRecord({"num-examples": examples})})
+    return Message(content=content, reply_to=msg)
 
 
 @app.train()

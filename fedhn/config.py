@@ -131,6 +131,8 @@ KEYS: dict[str, Key] = {
     "round-timeout": Key(float, "seconds the server waits for the replies of a round", _at_least(1.0)),
     "fault-rate": Key(float, "probability that a client injects a fault in a round (tests, demos)", _between(0.0, 1.0)),
     "fault-kinds": Key(str, "faults to inject: a comma-separated subset of raise, nan, hang", _fault_kinds),
+    "calibrate-stats": Key(bool, "replace the running statistics by the exact ones of the clients' data"),
+    "calibrate-every": Key(int, "with calibrate-stats: every k rounds (0 = after the last round only)", _at_least(0)),
 }
 
 
@@ -166,6 +168,8 @@ class RunConfig:
     round_timeout: float
     fault_rate: float
     fault_kinds: tuple[str, ...]
+    calibrate_stats: bool
+    calibrate_every: int
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> RunConfig:

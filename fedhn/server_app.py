@@ -6,12 +6,16 @@ from __future__ import annotations
 import dataclasses
 import time
 from datetime import datetime
+from logging import WARNING
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log
+from torch import Tensor
 
+from fedhn.calibration import apply_sums, calibrated_layers, pool_sums
 from fedhn.checkpoint import restore, save_checkpoint
 from fedhn.config import ConfigError, RunConfig
 from fedhn.results import RunRecorder, read_results
@@ -31,6 +35,22 @@ def with_output_dir(config: RunConfig) -> RunConfig:
     return dataclasses.replace(config, out_dir=str(Path("outputs") / name))
 
 
+def request_statistics(grid: Grid, arrays: ArrayRecord, timeout: float) -> list[dict[str, Tensor]]:
+    """Ask every node for the sums of its data under the global model (``query.calibrate``)."""
+    content = RecordDict({"arrays": arrays})
+    messages = [
+        Message(content=content, dst_node_id=node, message_type=f"{MessageType.QUERY}.calibrate")
+        for node in grid.get_node_ids()
+    ]
+    sums = []
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            log(WARNING, "Calibration: node %d failed: %s", reply.metadata.src_node_id, reply.error.reason[-300:])
+        else:
+            sums.append(reply.content["sums"].to_torch_state_dict())
+    return sums
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     config = with_output_dir(RunConfig.from_mapping(context.run_config))
@@ -44,11 +64,31 @@ def main(grid: Grid, context: Context) -> None:
     previous = read_results(recorder.out_dir).rounds
     elapsed_before = previous[-1]["wall_time"] if previous else 0.0
     images, labels = test_data(config)
+    calibration: dict[str, float] = {}
+
+    def recalibrate(server_round: int, arrays: ArrayRecord) -> ArrayRecord:
+        """With calibrate-stats, replace the running statistics by the exact ones of the clients' data."""
+        due = server_round == config.num_server_rounds or (
+            config.calibrate_every and server_round % config.calibrate_every == 0
+        )
+        if not (config.calibrate_stats and due and calibrated_layers(model)):
+            return arrays
+        model.load_state_dict(arrays.to_torch_state_dict())
+        calibration["test_accuracy_before"] = evaluate(model, images, labels, config.eval_batch_size)[1]
+        parts = request_statistics(grid, arrays, config.round_timeout)
+        if not parts:
+            log(WARNING, "Calibration of round %d skipped: no client replied", server_round)
+            return arrays
+        apply_sums(model, pool_sums(parts))
+        calibration["clients"] = len(parts)
+        return ArrayRecord(model.state_dict())
+
     strategy = StatsFedAvg(
         stats_aggregation=config.stats_aggregation,
         round_config=lambda server_round: {"lr": round_lr(config, server_round)},
         first_round=first_round,
         sampling_seed=config.seed,
+        after_aggregation=recalibrate,
         fraction_train=config.fraction_train,
         fraction_evaluate=0.0,
         min_train_nodes=config.min_train_nodes,
@@ -72,7 +112,9 @@ def main(grid: Grid, context: Context) -> None:
                     "failures": report.dropped,
                     "wall_time": round(elapsed_before + time.monotonic() - started, 3),
                 }
+                | ({"calibration": dict(calibration)} if calibration else {})
             )
+            calibration.clear()
             save_checkpoint(recorder.out_dir, server_round, model.state_dict(), config.to_dict())
         return MetricRecord({"test-accuracy": accuracy, "test-loss": loss})
 

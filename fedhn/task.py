@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fedhn.calibration import channel_sums
 from fedhn.checkpoint import check_restore
 from fedhn.config import RunConfig
 from fedhn.data import DATASETS, ImageData, assign_batch_sizes, crop_flip, load_dataset, partition_indices
@@ -155,6 +156,17 @@ def run_problems(config: RunConfig, num_partitions: int = 0) -> list[str]:
             f"(at most {largest} examples with {num_partitions} clients); use smaller batch sizes"
         ]
     return []
+
+
+def client_statistics(
+    config: RunConfig, state: dict[str, Tensor], partition_id: int, num_partitions: int
+) -> tuple[dict[str, Tensor], int]:
+    """The sums of :func:`fedhn.calibration.channel_sums` of the global ``state`` over the client's
+    whole partition, and its number of examples."""
+    data = client_data(config, partition_id, num_partitions)
+    model = _client_model(config)
+    model.load_state_dict(state)
+    return channel_sums(model, data.images, config.eval_batch_size), len(data.labels)
 
 
 def round_lr(config: RunConfig, server_round: int) -> float:

@@ -54,8 +54,10 @@ class StatsFedAvg(FedAvg):
         first_round: the number of the first round ``start`` runs (> 1 when a run resumes): round
             numbers sent to clients, logged and used for sampling count from it.
         sampling_seed: with ``fraction_train < 1``, sample clients reproducibly: nodes are ordered
-            by the ``partition-id`` they report to a QUERY message (node ids are random per run)
-            and sampled with a generator seeded by (seed, round).
+            by the ``partition-id`` they report to a ``query.partition`` message (node ids are random
+            per run) and sampled with a generator seeded by (seed, round).
+        after_aggregation: called with the round and the aggregated arrays; returns the arrays that
+            become the global model (e.g. with recalibrated statistics).
         **kwargs: FedAvg's arguments (fraction_train, min_train_nodes, ...).
 
     Replies that carry an error, no ``num-examples``, non-finite values, or arrays whose keys,
@@ -71,6 +73,7 @@ class StatsFedAvg(FedAvg):
         round_config: Callable[[int], dict[str, float | int | str]] | None = None,
         first_round: int = 1,
         sampling_seed: int | None = None,
+        after_aggregation: Callable[[int, ArrayRecord], ArrayRecord] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -82,6 +85,7 @@ class StatsFedAvg(FedAvg):
         self.round_config = round_config
         self.round_offset = first_round - 1
         self.sampling_seed = sampling_seed
+        self.after_aggregation = after_aggregation
         self.last_round = RoundReport(0)
         self.partition_of: dict[int, int] = {}  # node id -> partition id, as clients report it
         self._reference: dict[str, np.ndarray] = {}
@@ -108,7 +112,9 @@ class StatsFedAvg(FedAvg):
         if not unknown:
             return
         query = RecordDict({"config": ConfigRecord({"query": "partition-id"})})
-        messages = [Message(content=query, dst_node_id=node, message_type=MessageType.QUERY) for node in unknown]
+        messages = [
+            Message(content=query, dst_node_id=node, message_type=f"{MessageType.QUERY}.partition") for node in unknown
+        ]
         for reply in grid.send_and_receive(messages, timeout=60):
             if not reply.has_error() and reply.content.metric_records:
                 metrics = next(iter(reply.content.metric_records.values()))
@@ -160,7 +166,10 @@ class StatsFedAvg(FedAvg):
             INFO, "Round %d: aggregated %d replies (%s statistics)", server_round, len(accepted), self.stats_aggregation
         )
         metrics = MetricRecord({"train-loss": report.train_loss, "clients": len(accepted), self.weighted_by_key: total})
-        return ArrayRecord({key: Array(np.asarray(value, order="C")) for key, value in aggregated.items()}), metrics
+        arrays = ArrayRecord({key: Array(np.asarray(value, order="C")) for key, value in aggregated.items()})
+        if self.after_aggregation is not None:
+            arrays = self.after_aggregation(server_round, arrays)
+        return arrays, metrics
 
     def _unpack(self, message: Message) -> tuple[dict[str, np.ndarray], MetricRecord, str | None]:
         """The reply's state and metrics, or the reason it cannot be aggregated."""

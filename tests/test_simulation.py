@@ -26,7 +26,7 @@ def test_compare_runs_one_simulation_per_norm_and_writes_the_report(tmp_path):
             "--num-supernodes",
             "3",
             "--run-config",
-            "num-server-rounds=2 batch-sizes='2,8,32' lr-schedule='cosine'",
+            "num-server-rounds=2 batch-sizes='2,8,32' lr-schedule='cosine' calibrate-stats=true",
             "--out",
             str(tmp_path),
             "--app",
@@ -39,6 +39,7 @@ def test_compare_runs_one_simulation_per_norm_and_writes_the_report(tmp_path):
         assert [line["round"] for line in lines] == [1, 2]
         assert all(line["clients"] == 3 and line["failed"] == 0 and 0 <= line["test_accuracy"] <= 1 for line in lines)
         assert lines[-1]["test_accuracy"] > 0.5  # digits, 10 classes: learning happened
+        assert "calibration" not in lines[0] and lines[-1]["calibration"]["clients"] == 3
         config = json.loads((tmp_path / norm / "config.json").read_text())
         assert config["run_config"]["norm"] == norm and config["versions"]["flwr"].startswith("1.42")
         model = build_model("resnet8", num_classes=10, norm=norm, in_channels=1, image_size=8)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fedhn.norms.functional import expand_groups, mix, normalize, set_moments, set_size
+from fedhn.norms.functional import expand_groups, mix, normalize, pool_moments, set_moments, set_size
 from fedhn.norms.fused import accepts, fused_norm
 from fedhn.norms.pixel_sets import PixelSet, parse_pixel_sets
 from fedhn.norms.spec import NormSpec
@@ -86,6 +86,30 @@ class HeterologousNorm(nn.Module):
         """The layer's mean and std sets (resolved for its channel count)."""
         return NormSpec(self.mean_sets, self.std_sets)
 
+    @property
+    def has_running_stats(self) -> bool:
+        """Whether some set pools over the batch (the layer keeps running statistics)."""
+        return bool(self._running_mean_sets or self._running_var_sets)
+
+    @torch.no_grad()
+    def set_population_statistics(self, channel_mean: Tensor, channel_var: Tensor, count: float) -> None:
+        """Set the running statistics to those of a population, given each channel's mean and biased
+        variance over ``count`` pixels per channel (e.g. a whole dataset): each batch set's groups
+        pool their channels exactly; variances are stored unbiased, as the running updates do."""
+        channels = self.num_features
+        for role, sets in (("mean", self._running_mean_sets), ("var", self._running_var_sets)):
+            for s in sets:
+                groups = s.num_groups(channels)
+                mean, var = pool_moments(channel_mean.view(groups, -1), channel_var.view(groups, -1), (1,))
+                segment = _segment(sets, s, channels)
+                if role == "mean":
+                    self.running_mean[segment] = mean.view(-1).to(self.running_mean)
+                    continue
+                pixels = count * channels / groups
+                self.running_var[segment] = (var.view(-1) * pixels / (pixels - 1)).to(self.running_var)
+                if hasattr(self, "running_var_center"):
+                    self.running_var_center[segment] = mean.view(-1).to(self.running_var_center)
+
     def reset_running_stats(self) -> None:
         """Running means and centers to 0, running variances to 1, the batch counter to 0."""
         for name, value in (("running_mean", 0.0), ("running_var", 1.0), ("running_var_center", 0.0)):
@@ -160,7 +184,7 @@ class HeterologousNorm(nn.Module):
             x3 = x3.float()
         from_input = [s for s in self.mean_sets + self.std_sets if self.training or not s.over_batch]
         moments = set_moments(x3, from_input) if from_input else {}
-        if self.training and (self._running_mean_sets or self._running_var_sets):
+        if self.training and self.has_running_stats:
             self._update_running_stats(moments, x.shape)
         mean = mix([self._stat(s, moments, 0) for s in self.mean_sets], self.mean_logits)
         var = mix([self._stat(s, moments, 1) for s in self.std_sets], self.var_logits)

@@ -36,13 +36,14 @@ def partition(msg: Message, context: Context) -> Message:
 
 @app.query("calibrate")
 def calibrate(msg: Message, context: Context) -> Message:
-    """Sums of the norm layers' inputs over the whole partition, for exact pooled statistics."""
+    """Sums of one norm layer's input over the whole partition, for exact pooled statistics."""
     config = run_config(context.run_config)
     sums, examples = client_statistics(
         config,
         msg.content["arrays"].to_torch_state_dict(),
         int(context.node_config["partition-id"]),
         int(context.node_config["num-partitions"]),
+        str(msg.content["config"]["layer"]),
     )
     content = RecordDict({"sums": ArrayRecord(sums), "metrics": MetricRecord({"num-examples": examples})})
     return Message(content=content, reply_to=msg)

@@ -15,7 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 from torch import Tensor
 
-from fedhn.calibration import apply_sums, calibrated_layers, pool_sums
+from fedhn.calibration import apply_sums, calibration_order, pool_sums
 from fedhn.checkpoint import restore, save_checkpoint
 from fedhn.config import ConfigError, RunConfig
 from fedhn.results import RunRecorder, read_results
@@ -35,9 +35,10 @@ def with_output_dir(config: RunConfig) -> RunConfig:
     return dataclasses.replace(config, out_dir=str(Path("outputs") / name))
 
 
-def request_statistics(grid: Grid, arrays: ArrayRecord, timeout: float) -> list[dict[str, Tensor]]:
-    """Ask every node for the sums of its data under the global model (``query.calibrate``)."""
-    content = RecordDict({"arrays": arrays})
+def request_statistics(grid: Grid, arrays: ArrayRecord, layer: str, timeout: float) -> list[dict[str, Tensor]]:
+    """Ask every node for the sums of ``layer``'s input over its data under the global model
+    (``query.calibrate``)."""
+    content = RecordDict({"arrays": arrays, "config": ConfigRecord({"layer": layer})})
     messages = [
         Message(content=content, dst_node_id=node, message_type=f"{MessageType.QUERY}.calibrate")
         for node in grid.get_node_ids()
@@ -71,16 +72,21 @@ def main(grid: Grid, context: Context) -> None:
         due = server_round == config.num_server_rounds or (
             config.calibrate_every and server_round % config.calibrate_every == 0
         )
-        if not (config.calibrate_stats and due and calibrated_layers(model)):
+        order = calibration_order(model, images[:1]) if config.calibrate_stats and due else []
+        if not order:
             return arrays
         model.load_state_dict(arrays.to_torch_state_dict())
         calibration["test_accuracy_before"] = evaluate(model, images, labels, config.eval_batch_size)[1]
-        parts = request_statistics(grid, arrays, config.round_timeout)
-        if not parts:
-            log(WARNING, "Calibration of round %d skipped: no client replied", server_round)
-            return arrays
-        apply_sums(model, pool_sums(parts))
-        calibration["clients"] = len(parts)
+        replies = []
+        for layer in order:  # in forward order: each layer's input is made with the layers before it calibrated
+            parts = request_statistics(grid, ArrayRecord(model.state_dict()), layer, config.round_timeout)
+            if not parts:
+                log(WARNING, "Calibration of round %d abandoned at layer %s: no client replied", server_round, layer)
+                calibration.clear()
+                return arrays
+            apply_sums(model, pool_sums(parts))
+            replies.append(len(parts))
+        calibration.update(clients=min(replies), layers=len(order))
         return ArrayRecord(model.state_dict())
 
     strategy = StatsFedAvg(

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fedhn.calibration import channel_sums
+from fedhn.calibration import layer_sums
 from fedhn.checkpoint import check_restore
 from fedhn.config import RunConfig
 from fedhn.data import DATASETS, ImageData, assign_batch_sizes, crop_flip, load_dataset, partition_indices
@@ -159,14 +159,14 @@ def run_problems(config: RunConfig, num_partitions: int = 0) -> list[str]:
 
 
 def client_statistics(
-    config: RunConfig, state: dict[str, Tensor], partition_id: int, num_partitions: int
+    config: RunConfig, state: dict[str, Tensor], partition_id: int, num_partitions: int, layer: str
 ) -> tuple[dict[str, Tensor], int]:
-    """The sums of :func:`fedhn.calibration.channel_sums` of the global ``state`` over the client's
-    whole partition, and its number of examples."""
+    """The sums of :func:`fedhn.calibration.layer_sums` of ``layer``'s input under the global ``state``
+    over the client's whole partition, and its number of examples."""
     data = client_data(config, partition_id, num_partitions)
     model = _client_model(config)
     model.load_state_dict(state)
-    return channel_sums(model, data.images, config.eval_batch_size), len(data.labels)
+    return layer_sums(model, data.images, layer, config.eval_batch_size), len(data.labels)
 
 
 def round_lr(config: RunConfig, server_round: int) -> float:

@@ -8,9 +8,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from fedhn.calibration import calibrate
 from fedhn.cli import app
+from fedhn.config import RunConfig
 from fedhn.models import build_model
 from fedhn.superlink import LocalSuperLink, live_members
+from fedhn.task import client_data
 
 pytestmark = pytest.mark.simulation
 PROJECT = Path(__file__).resolve().parent.parent
@@ -39,11 +42,19 @@ def test_compare_runs_one_simulation_per_norm_and_writes_the_report(tmp_path):
         assert [line["round"] for line in lines] == [1, 2]
         assert all(line["clients"] == 3 and line["failed"] == 0 and 0 <= line["test_accuracy"] <= 1 for line in lines)
         assert lines[-1]["test_accuracy"] > 0.5  # digits, 10 classes: learning happened
-        assert "calibration" not in lines[0] and lines[-1]["calibration"]["clients"] == 3
+        calibration = lines[-1]["calibration"]
+        assert "calibration" not in lines[0] and (calibration["clients"], calibration["layers"]) == (3, 9)
+        assert 0 <= calibration["test_accuracy_before"] <= 1
         config = json.loads((tmp_path / norm / "config.json").read_text())
         assert config["run_config"]["norm"] == norm and config["versions"]["flwr"].startswith("1.42")
         model = build_model("resnet8", num_classes=10, norm=norm, in_channels=1, image_size=8)
         model.load_state_dict(torch.load(tmp_path / norm / "model.pt", weights_only=True))
+        # the federated calibration is the population statistics of the union of the partitions: a fixed point
+        union = torch.cat([client_data(RunConfig.from_mapping(config["run_config"]), p, 3).images for p in range(3)])
+        calibrated = {key: value.clone() for key, value in model.state_dict().items()}
+        calibrate(model, union)
+        for key, value in model.state_dict().items():
+            torch.testing.assert_close(value, calibrated[key], rtol=1e-5, atol=1e-5, msg=key)
     summary = (tmp_path / "summary.md").read_text()
     assert "| bn |" in summary and "| hn |" in summary
     assert (tmp_path / "accuracy.png").stat().st_size > 1000

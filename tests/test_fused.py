@@ -109,3 +109,9 @@ def test_without_a_compiler_the_layer_warns_and_uses_the_general_path(monkeypatc
         assert not _is_fused(y)
     finally:
         fused._library.cache_clear()
+
+
+def test_running_statistics_of_another_dtype_use_the_general_path():
+    layer = norm_layer("hn", affine=False)(8).double()
+    y = layer(torch.randn(4, 8, 3, 3, requires_grad=True))
+    assert not _is_fused(y) and layer.running_mean.dtype == torch.float64 and layer.num_batches_tracked == 1

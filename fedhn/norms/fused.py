@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -33,27 +34,39 @@ from torch.autograd.function import once_differentiable
 from fedhn.norms.fused_kernel import SOURCE
 from fedhn.norms.pixel_sets import PixelSet
 
-__all__ = ["accepts", "fused_norm"]
+__all__ = ["Running", "accepts", "fused_norm"]
 
 _FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC")
 _SCALARS = {torch.float32: "float", torch.float64: "double"}
 # Below this many elements one thread is faster than waking the OpenMP team.
 _PARALLEL_MIN_ELEMENTS = 32768
 _P, _I = ctypes.c_void_p, ctypes.c_int64
-# fused_forward(x, y, n, c, s, num_sets, groups, set_weight, weight, bias, eps, mean, var, set_mean, set_var,
-#               invstd, threads)
-_FORWARD_ARGS = [_P, _P, _I, _I, _I, _I, _P, _P, _P, _P, ctypes.c_double, _P, _P, _P, _P, _P, ctypes.c_int]
+_D = ctypes.c_double
+# fused_forward(x, y, n, c, s, num_sets, groups, set_weight, weight, bias, eps, mean, set_mean, set_var,
+#               invstd, running_mean, running_var, running_center, factor, threads)
+_FORWARD_ARGS = [_P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _D, _P, _P, _P, _P, _P, _P, _P, _D, ctypes.c_int]
 # fused_backward(dy, x, dx, n, c, s, num_sets, groups, set_weight, weight, mean, set_mean, set_var, invstd,
 #                grad_weight, grad_bias, grad_set_weight, threads)
 _BACKWARD_ARGS = [_P, _P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int]
 
 
-def accepts(x: Tensor, weight: Tensor | None) -> bool:
-    """Whether :func:`fused_norm` can run on ``x`` (and the layer's ``weight``) here."""
+class Running(NamedTuple):
+    """A layer's running statistics, updated in place by the forward: ``mean`` (C), ``var`` (every std
+    set's groups), ``center`` (their means, or None where the layer derives them) and the update
+    ``factor`` (momentum, or 1 / batches for a cumulative average)."""
+
+    mean: Tensor
+    var: Tensor
+    center: Tensor | None
+    factor: float
+
+
+def accepts(x: Tensor, weight: Tensor | None, running_mean: Tensor | None) -> bool:
+    """Whether :func:`fused_norm` can run on ``x`` (with the layer's ``weight`` and ``running_mean``) here."""
     return (
         x.device.type == "cpu"
         and x.dtype in _SCALARS
-        and (weight is None or weight.dtype == x.dtype)
+        and all(t is None or t.dtype == x.dtype for t in (weight, running_mean))
         and x.is_contiguous()
         and not torch.compiler.is_compiling()
         and _library(x.dtype) is not None
@@ -67,28 +80,20 @@ def fused_norm(
     bias: Tensor | None,
     var_logits: Tensor | None,
     eps: float,
-) -> tuple[Tensor, dict[PixelSet, tuple[Tensor, Tensor]]]:
+    running: Running | None,
+) -> Tensor:
     """Training-mode normalization with the per-channel mean (``bn``) and the std of ``std_sets``
-    (resolved batch sets, softmax-weighted by ``var_logits`` when several).
-
-    Returns the output and the moments ``{set: (mean (1, G), biased var (1, G))}`` of ``bn`` and of every
-    std set, in the format of :func:`fedhn.norms.functional.set_moments` (without gradient).
-    """
-    channels = x.shape[1]
-    groups = tuple(s.groups or channels for s in std_sets)
-    y, stats = _FusedNorm.apply(x, weight, bias, var_logits, groups, eps)
-    mean, var, set_mean, set_var, _ = stats.unsqueeze(0).split(_layout(channels, groups), dim=1)
-    moments = {_BN: (mean, var)}
-    for s, m, v in zip(std_sets, set_mean.split(groups, dim=1), set_var.split(groups, dim=1), strict=True):
-        moments[s] = (m, v)
-    return y, moments
+    (resolved batch sets, softmax-weighted by ``var_logits`` when several); moves the ``running``
+    statistics towards the batch's, as ``HeterologousNorm`` stores them (unbiased variances)."""
+    groups = tuple(s.groups or x.shape[1] for s in std_sets)
+    return _FusedNorm.apply(x, weight, bias, var_logits, groups, eps, running)
 
 
 class _FusedNorm(torch.autograd.Function):
-    """The fused forward of ``x``, and the non-differentiable vector of its statistics (see :func:`_layout`)."""
+    """The fused forward of ``x``; the statistics vector (see :func:`_layout`) is kept for the backward."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, var_logits, groups, eps):
+    def forward(ctx, x, weight, bias, var_logits, groups, eps, running):
         n, c = x.shape[:2]
         set_weight = _ONE if var_logits is None else torch.softmax(var_logits.detach().double(), 0)
         y = torch.empty_like(x)
@@ -107,18 +112,18 @@ class _FusedNorm(torch.autograd.Function):
                 _pointer(bias),
                 eps,
                 *_stat_pointers(stats, c, groups),
+                *((None, None, None, 0.0) if running is None else (*map(_pointer, running[:3]), running.factor)),
                 _threads(x),
             )
         )
         ctx.save_for_backward(x, weight, stats, set_weight)
         ctx.groups = groups
         ctx.logits_dtype = None if var_logits is None else var_logits.dtype
-        ctx.mark_non_differentiable(stats)
-        return y, stats
+        return y
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_y, _):
+    def backward(ctx, grad_y):
         x, weight, stats, set_weight = ctx.saved_tensors
         groups = ctx.groups
         n, c = x.shape[:2]
@@ -126,7 +131,7 @@ class _FusedNorm(torch.autograd.Function):
         grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         grad_weight, grad_bias = x.new_empty(2, c)
         grad_set_weight = set_weight.new_empty(len(groups)) if ctx.needs_input_grad[3] else None
-        mean, _, set_mean, set_var, invstd = _stat_pointers(stats, c, groups)
+        mean, set_mean, set_var, invstd = _stat_pointers(stats, c, groups)
         _check(
             _library(x.dtype).fused_backward(
                 grad_y.data_ptr(),
@@ -154,17 +159,16 @@ class _FusedNorm(torch.autograd.Function):
             weighted = set_weight * grad_set_weight
             grad_logits = (weighted - set_weight * weighted.sum()).to(ctx.logits_dtype)
         affine = weight is not None
-        return grad_x, grad_weight if affine else None, grad_bias if affine else None, grad_logits, None, None
+        return grad_x, grad_weight if affine else None, grad_bias if affine else None, grad_logits, None, None, None
 
 
-_BN = PixelSet(True, None)
 _ONE = torch.ones(1, dtype=torch.float64)
 
 
 def _layout(channels: int, groups: tuple[int, ...]) -> list[int]:
-    """Lengths of the parts of the statistics vector: channel means, channel variances (biased), the means
-    and variances of every std set's groups, and the inverse std of each channel."""
-    return [channels, channels, sum(groups), sum(groups), channels]
+    """Lengths of the parts of the statistics vector: channel means, the means and (biased) variances of
+    every std set's groups, and the inverse std of each channel."""
+    return [channels, sum(groups), sum(groups), channels]
 
 
 def _stat_pointers(stats: Tensor, channels: int, groups: tuple[int, ...]) -> list[int]:

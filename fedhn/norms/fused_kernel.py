@@ -95,11 +95,20 @@ static void channel_affine(const scalar *u, const scalar *x, scalar *out, int64_
     }
 }
 
-/* Writes y, the channel moments (mean, var), the moments of every std set (set_mean, set_var, biased) and
- * invstd. weight and bias may be NULL. Returns 0, or 1 when out of memory. */
+/* running += factor * (batch - running), computed in double (torch's lerp_). */
+static void update_running(scalar *running, double batch, double factor) {
+    *running = (scalar)((double)*running + factor * (batch - (double)*running));
+}
+
+/* Writes y, the channel means, the moments of every std set (set_mean, set_var, biased) and
+ * invstd. weight and bias may be NULL. Unless running_mean is NULL, also moves the running statistics
+ * towards the batch's by factor: running_mean (per channel), running_var (the unbiased variance of every
+ * std set's groups, laid out as set_var) and, unless NULL, running_center (their means, as set_mean).
+ * Returns 0, or 1 when out of memory. */
 int fused_forward(const scalar *x, scalar *y, int64_t n, int64_t c, int64_t s, int64_t num_sets, const int64_t *groups,
                   const double *set_weight, const scalar *weight, const scalar *bias, double eps, scalar *mean,
-                  scalar *var, scalar *set_mean, scalar *set_var, scalar *invstd, int threads) {
+                  scalar *set_mean, scalar *set_var, scalar *invstd, scalar *running_mean,
+                  scalar *running_var, scalar *running_center, double factor, int threads) {
     double *work = malloc(sizeof(double) * 3 * c);
     scalar *coef = malloc(sizeof(scalar) * 2 * c);
     if (!work || !coef) {
@@ -125,14 +134,19 @@ int fused_forward(const scalar *x, scalar *y, int64_t n, int64_t c, int64_t s, i
             group_var /= (double)per_group;
             set_mean[offset + g] = (scalar)group_mean;
             set_var[offset + g] = (scalar)group_var;
+            if (running_mean) {
+                const double count = (double)n * (double)s * (double)per_group;
+                update_running(running_var + offset + g, group_var * count / (count - 1.0), factor);
+                if (running_center) update_running(running_center + offset + g, group_mean, factor);
+            }
             for (int64_t ch = first; ch < first + per_group; ++ch) mixed_var[ch] += set_weight[k] * group_var;
         }
     }
     for (int64_t ch = 0; ch < c; ++ch) {
         const double r = 1.0 / sqrt(mixed_var[ch] + eps);
         mean[ch] = (scalar)channel_mean[ch];
-        var[ch] = (scalar)channel_var[ch];
         invstd[ch] = (scalar)r;
+        if (running_mean) update_running(running_mean + ch, channel_mean[ch], factor);
         scale[ch] = (scalar)(weight ? weight[ch] * r : r);
         shift[ch] = bias ? bias[ch] : (scalar)0;
     }

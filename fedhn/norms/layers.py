@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedhn.norms.functional import expand_groups, mix, normalize, pool_moments, set_moments, set_size
-from fedhn.norms.fused import accepts, fused_norm
+from fedhn.norms.fused import Running, accepts, fused_norm
 from fedhn.norms.pixel_sets import PixelSet, parse_pixel_sets
 from fedhn.norms.spec import NormSpec
 
@@ -150,17 +150,20 @@ class HeterologousNorm(nn.Module):
             )
         if self._kernel == "group_norm":
             return F.group_norm(x, self.mean_sets[0].groups or self.num_features, self.weight, self.bias, self.eps)
-        if self.training and self._fused and accepts(x, self.weight):
+        if self.training and self._fused and accepts(x, self.weight, self.running_mean):
             return self._forward_fused(x)
         if not self.training and self._affine_in_eval:
             return self._forward_running(x)
         return self._forward_heterologous(x)
 
     def _forward_fused(self, x: Tensor) -> Tensor:
-        """Training with the mean set bn and batch std sets: :mod:`fedhn.norms.fused`'s kernel."""
-        y, moments = fused_norm(x, self.std_sets, self.weight, self.bias, self.var_logits, self.eps)
-        self._update_running_stats(moments, x.shape)
-        return y
+        """Training with the mean set bn and batch std sets: :mod:`fedhn.norms.fused`'s kernel, which also
+        updates the running statistics."""
+        running = None
+        if self.has_running_stats:
+            center = getattr(self, "running_var_center", None)
+            running = Running(self.running_mean, self.running_var, center, self._update_factor())
+        return fused_norm(x, self.std_sets, self.weight, self.bias, self.var_logits, self.eps, running)
 
     def _forward_running(self, x: Tensor) -> Tensor:
         """Eval with one batch mean set and one batch std set: BatchNorm's native kernel on the running

@@ -113,3 +113,77 @@ def report(
     target = out or (dirs[0] if len(dirs) == 1 else Path("."))
     table = write_report([read_results(d) for d in run_dirs], target)
     typer.echo(f"{table}\nWrote {target / 'summary.md'} and {target / 'accuracy.png'}")
+
+
+@app.command()
+def fluctuation(
+    dataset: Annotated[
+        str, typer.Option(help="mnist (torchvision, in --data-dir), another fedhn dataset, or a .npz path.")
+    ] = "mnist",
+    data_dir: Annotated[Path, typer.Option(help="Where torchvision datasets are.")] = Path("data"),
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes, one training run each.")] = "128,4",
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs per run (the paper: 20).")] = 20,
+    max_steps: Annotated[
+        int | None, typer.Option(min=2, help="Stop each run after this many steps.", show_default="no cap")
+    ] = None,
+    lr: Annotated[float, typer.Option(help="Learning rate at batch size 128; lr x bs/128 at bs.")] = 0.1,
+    momentum: Annotated[float, typer.Option(help="SGD momentum (the paper's recipe).")] = 0.9,
+    weight_decay: Annotated[float, typer.Option(help="SGD weight decay (the paper's recipe).")] = 5e-4,
+    neurons: Annotated[
+        str, typer.Option(help="Neurons to record, layer-neuron, 1-based (the paper's i-j).")
+    ] = "1-1,1-2,4-1,4-2",
+    last_steps: Annotated[int, typer.Option(min=2, help="Steps the fluctuation and the evolution plots cover.")] = 200,
+    norm: Annotated[str, typer.Option(help="The MLP's norm spec (see fedhn norms).")] = "bn",
+    seed: Annotated[int, typer.Option(help="Seed of the initialization and the batch order.")] = 0,
+    threads: Annotated[
+        int, typer.Option(min=1, help="CPU threads for torch; the MLP's small batches train fastest on one.")
+    ] = 1,
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("outputs/fluctuation"),
+) -> None:
+    """Record BN and EN batch statistics while training the paper's MLP (section 4.6, Figures 6-7)."""
+    import shlex
+    import sys
+
+    import torch
+
+    from fedhn.data import load_dataset
+    from fedhn.fluctuation import parse_batch_sizes, parse_neurons, record_statistics, write_outputs
+    from fedhn.models import build_model
+    from fedhn.norms import is_norm
+    from fedhn.task import device
+
+    torch.set_num_threads(threads)
+    try:
+        sizes = parse_batch_sizes(batch_sizes)
+        data = load_dataset(dataset, str(data_dir))
+        model = build_model("mlp", data.num_classes, norm, data.channels, data.image_size)
+        chosen = parse_neurons(neurons, [m.num_features for m in model.modules() if is_norm(m)])
+    except (FileNotFoundError, ValueError) as error:
+        typer.secho(str(error), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    runs = []
+    for size in sizes:
+        typer.echo(f"Training at batch size {size} ...")
+        runs.append(
+            record_statistics(
+                data,
+                chosen,
+                batch_size=size,
+                epochs=epochs,
+                max_steps=max_steps,
+                lr=lr,
+                momentum=momentum,
+                weight_decay=weight_decay,
+                norm=norm,
+                seed=seed,
+                device=device(),
+            )
+        )
+    title = f"Statistics fluctuation: MLP 4 x 128 with {norm} on {data.name}"
+    setting = (
+        f"SGD, lr {lr} x bs/128, momentum {momentum}, weight decay {weight_decay}, {epochs} epochs"
+        f"{f' capped at {max_steps} steps' if max_steps else ''}, seed {seed}, on {device()}. "
+        f"Command: `fedhn {shlex.join(sys.argv[1:])}`"
+    )
+    text = write_outputs(runs, chosen, last_steps, out.resolve(), title, setting)
+    typer.echo(f"\n{text}\nWrote fluctuation.md, fluctuation.png, evolution.png and statistics.npz to {out}")

@@ -1,0 +1,2 @@
+"""Experiments built on fedhn: the reproduction of the paper's claims in federated settings
+(:mod:`experiments.reproduce`, results in docs/results.md)."""

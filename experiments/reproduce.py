@@ -201,31 +201,24 @@ def norms_table(groups: Sequence[Group], plot: Path | None) -> str:
     return "\n".join(lines)
 
 
-def seeds_table(settings: Sequence[str], seeds: Sequence[int], plot: Path | None) -> str:
-    """Rows: norms; columns: settings; cells: mean ± std over seeds of final and best accuracy."""
-    lines = [
-        "| norm | " + " | ".join(f"{SETTINGS[s][1]} final | best" for s in settings) + " |",
-        "|---|" + "---|---|" * len(settings),
-    ]
-    curves = []
+def seeds_table(columns: Sequence[tuple[str, Sequence[Group]]], plot: Path | None) -> str:
+    """Rows: norms; columns: (label, the groups of one setting over seeds); cells: mean ± std over the
+    seeds of final and best accuracy."""
+    lines = ["| norm | " + " | ".join(f"{label} final | best" for label, _ in columns) + " |"]
+    lines.append("|---|" + "---|---|" * len(columns))
+    by_column: list[dict[str, list[RunResults]]] = [{} for _ in columns]
     for norm in TOP:
         cells = []
-        for setting in settings:
-            runs = [r for seed in seeds if (r := _seeded(setting, seed).runs().get(norm)) and complete(r)]
-            runs = [uncalibrated(r) for r in runs]
+        for (_, groups), runs_by_norm in zip(columns, by_column, strict=True):
+            runs = [uncalibrated(r) for g in groups if (r := g.runs().get(norm)) and complete(r)]
+            runs_by_norm[norm] = runs
             cells += [
                 mean_std([r.final_accuracy for r in runs]) + f" (n={len(runs)})",
                 mean_std([r.best[0] for r in runs]),
             ]
         lines.append(f"| {norm} | " + " | ".join(cells) + " |")
-    for setting in settings:
-        by_norm = {}
-        for norm in TOP:
-            runs = [r for seed in seeds if (r := _seeded(setting, seed).runs().get(norm)) and complete(r)]
-            by_norm[norm] = [uncalibrated(r) for r in runs]
-        curves.append((SETTINGS[setting][1], by_norm))
     if plot:
-        plot_bands(curves, plot)
+        plot_bands([(label, runs) for (label, _), runs in zip(columns, by_column, strict=True)], plot)
     return "\n".join(lines)
 
 
@@ -420,7 +413,15 @@ _DIRICHLET = tuple(Group(f"dir-{s}", s, NORMS, DIRICHLET) for s in ("hetero", "b
 _STATS_CASES = (("b2-4", False), ("hetero", False), ("hetero", True))
 _STATS = tuple(_stats_group(s, m, d) for s, d in _STATS_CASES for m in ("mean", "local"))
 _SEEDS = tuple(_seeded(s, seed) for seed in (1, 2) for s in ("b2-4", "hetero"))
-_LONG = (Group("long-b2-4", "b2-4", TOP, "num-server-rounds=40"),)
+_LONG = tuple(
+    Group(
+        f"long-b2-4{f'-seed{seed}' if seed else ''}",
+        "b2-4",
+        TOP,
+        f"num-server-rounds=40{f' seed={seed}' if seed else ''}",
+    )
+    for seed in (0, 1, 2)
+)
 _FULL = (Group("full-hetero", "hetero", TOP, 'dataset="../shared/data/cifar10.npz" num-server-rounds=8'),)
 
 TABLES: dict[str, Table] = {
@@ -439,9 +440,15 @@ TABLES: dict[str, Table] = {
     "seeds": Table(
         "seeds 0, 1, 2 for (b) and (c), IID, bn / gn_g8 / hn: mean ± std",
         _SEEDS,
-        lambda plot: seeds_table(("b2-4", "hetero"), (0, 1, 2), plot),
+        lambda plot: seeds_table(
+            [(SETTINGS[s][1], [_seeded(s, seed) for seed in (0, 1, 2)]) for s in ("b2-4", "hetero")], plot
+        ),
     ),
-    "long": Table("setting (b) with 40 rounds instead of 15, IID, bn / gn_g8 / hn, seed 0", _LONG, _norms(_LONG)),
+    "long": Table(
+        "setting (b) with 40 rounds instead of 15, IID, bn / gn_g8 / hn, seeds 0, 1, 2: mean ± std",
+        _LONG,
+        lambda plot: seeds_table([(SETTINGS["b2-4"][1] + ", 40 rounds", _LONG)], plot),
+    ),
     "full": Table("full cifar10.npz, setting (c), bn / gn_g8 / hn, seed 0", _FULL, _norms(_FULL)),
 }
 

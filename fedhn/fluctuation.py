@@ -23,7 +23,7 @@ from fedhn.data import ImageData
 from fedhn.models import build_model
 from fedhn.norms import is_norm, parse_pixel_set
 from fedhn.norms.functional import set_moments
-from fedhn.training import FUSED_SGD_DEVICES, client_lr, epoch_batches, evaluate
+from fedhn.training import client_lr, epoch_batches, evaluate, sgd
 
 __all__ = [
     "STATISTICS",
@@ -165,10 +165,7 @@ def record_statistics(
     batches_per_epoch = len(epoch_batches(len(images), batch_size, torch.Generator()))
     steps = min(epochs * batches_per_epoch, max_steps or math.inf)
     step_lr = client_lr(lr, batch_size, "linear")
-    fused = device.type in FUSED_SGD_DEVICES
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=step_lr, momentum=momentum, weight_decay=weight_decay, fused=fused, foreach=not fused
-    )
+    optimizer = sgd(model, step_lr, momentum, weight_decay, device)
     recorder = StatisticsRecorder(model, neurons, steps)
     generator = torch.Generator().manual_seed(seed)
     model.train()

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["TrainResult", "epoch_batches", "train", "evaluate", "client_lr"]
+__all__ = ["TrainResult", "epoch_batches", "sgd", "train", "evaluate", "client_lr"]
 
-FUSED_SGD_DEVICES = ("cpu", "cuda")  # where torch.optim.SGD(fused=True) runs; foreach elsewhere
+_FUSED_SGD_DEVICES = ("cpu", "cuda")  # where torch.optim.SGD(fused=True) runs; foreach elsewhere
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,17 @@ def epoch_batches(num_examples: int, batch_size: int, generator: torch.Generator
     return batches
 
 
+def sgd(
+    model: nn.Module, lr: float, momentum: float, weight_decay: float, device: torch.device, fused: bool | None = None
+) -> torch.optim.SGD:
+    """SGD over ``model``'s parameters as one fused kernel on CPU and CUDA (``fused=None``), else ``foreach``."""
+    if fused is None:
+        fused = device.type in _FUSED_SGD_DEVICES
+    return torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused, foreach=not fused
+    )
+
+
 def train(
     model: nn.Module,
     images: Tensor,
@@ -70,11 +81,7 @@ def train(
     docs/benchmarks.md); ``fused=False`` uses ``foreach`` instead (the default elsewhere).
     """
     model.train()
-    if fused is None:
-        fused = images.device.type in FUSED_SGD_DEVICES
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused, foreach=not fused
-    )
+    optimizer = sgd(model, lr, momentum, weight_decay, images.device, fused)
     total_loss = torch.zeros((), device=images.device)
     steps = 0
     for _ in range(epochs):

@@ -37,9 +37,8 @@ import torch
 from fedhn.calibration import calibrate, calibrated_layers
 from fedhn.compare import run_label
 from fedhn.config import RunConfig
-from fedhn.data import load_dataset, partition_indices
-from fedhn.models import build_model
 from fedhn.results import MODEL_FILE, RunResults, read_results
+from fedhn.task import client_data, new_model, test_data
 from fedhn.training import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -258,23 +257,14 @@ def offline_calibration(run_dir: Path) -> tuple[float, float] | None:
     if "exact" in cache:
         return None if cache["exact"] is None else tuple(cache["exact"])
     config = RunConfig.from_mapping(read_results(run_dir).run_config)
-    data = load_dataset(config.dataset, config.data_dir)
-    model = build_model(config.model, data.num_classes, config.norm, data.channels, data.image_size)
+    model = new_model(config)
     model.load_state_dict(torch.load(run_dir / MODEL_FILE, weights_only=True))
     result = None
     if calibrated_layers(model):
-        parts = partition_indices(
-            data.y_train.numpy(),
-            CLIENTS,
-            config.partitioner,
-            config.seed,
-            config.dirichlet_alpha,
-            config.classes_per_partition,
-        )
-        train_images = data.normalized(data.x_train[torch.from_numpy(np.sort(np.concatenate(parts)))])
-        test_images, test_labels = data.normalized(data.x_test), data.y_test
+        union = torch.cat([client_data(config, client, CLIENTS).images for client in range(CLIENTS)])
+        test_images, test_labels = test_data(config)
         before = evaluate(model, test_images, test_labels, config.eval_batch_size)[1]
-        calibrate(model, train_images, config.eval_batch_size)
+        calibrate(model, union, config.eval_batch_size)
         result = (before, evaluate(model, test_images, test_labels, config.eval_batch_size)[1])
     cache["exact"] = result
     cache_path.write_text(json.dumps(cache))

@@ -49,7 +49,7 @@ import torch
 from benchmarks.timing import environment, markdown_table
 from fedhn.compare import Federation, plan_runs
 from fedhn.config import RunConfig
-from fedhn.processes import children, live_members
+from fedhn.processes import children, live_members, stat_fields
 from fedhn.results import METRICS_FILE, read_results
 from fedhn.superlink import FlowerError, LocalSuperLink
 from fedhn.task import new_model, test_data, train_client
@@ -111,11 +111,8 @@ def _memory_kib(pid: int) -> tuple[int, int]:
 
 
 def _cpu_seconds(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICKS
-    except (OSError, IndexError, ValueError):
-        return None
+    fields = stat_fields(pid)
+    return None if fields is None else (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 @dataclass

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Process", "children", "end_groups", "live_members", "process_group", "spawn", "stop"]
+__all__ = ["Process", "children", "end_groups", "live_members", "process_group", "spawn", "stat_fields", "stop"]
 
 
 def children(pid: int) -> list[int]:
@@ -36,8 +36,9 @@ def process_group(pid: int) -> int | None:
         return None
 
 
-def _stat(pid: int) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command name (state is [0], start time [19])."""
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state [0], user and system CPU ticks [11] and
+    [12], start time [19]), or None when the process is gone."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
@@ -48,7 +49,7 @@ def live_members(group: int) -> list[int]:
     """PIDs of the process group that are alive (zombies excluded)."""
     members = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat(int(entry.name))) and int(fields[2]) == group:
+        if entry.name.isdigit() and (fields := stat_fields(int(entry.name))) and int(fields[2]) == group:
             if fields[0] != "Z":
                 members.append(int(entry.name))
     return members
@@ -94,14 +95,14 @@ class Process:
 
     def members(self) -> list[int]:
         """Live PIDs of its process group; [] once the group is gone or the PID is someone else's."""
-        fields = _stat(self.pid)
+        fields = stat_fields(self.pid)
         if fields is not None and int(fields[19]) != self.started:
             return []
         return live_members(self.pid)
 
     def alive(self) -> bool:
         """Whether the process itself still runs (not a zombie)."""
-        fields = _stat(self.pid)
+        fields = stat_fields(self.pid)
         return fields is not None and fields[0] != "Z" and int(fields[19]) == self.started
 
     def reap(self, timeout: float = 5.0) -> None:
@@ -136,7 +137,7 @@ def spawn(name: str, command: Sequence[str], log_file: Path, cwd: Path, env: Map
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    fields = _stat(popen.pid)
+    fields = stat_fields(popen.pid)
     return Process(name, popen.pid, int(fields[19]) if fields else 0, popen)
 
 

@@ -1,4 +1,4 @@
-"""Eval latency of CIFAR ResNets per norm, unfolded and folded (:func:`fedhn.fuse.fold_norms`), on CPU.
+"""Eval latency of CIFAR ResNets per norm, unfolded and folded (:func:`fedhn.folding.fold_norms`), on CPU.
 
     python -m benchmarks.inference [--quick] [--threads 2] [--models resnet20 resnet18] [--batches 1 128]
 
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from benchmarks.timing import environment, markdown_table, measure
-from fedhn.fuse import fold_norms
+from fedhn.folding import fold_norms
 from fedhn.models import build_model
 
 MODELS = ("resnet20", "resnet18")

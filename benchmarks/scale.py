@@ -2,7 +2,7 @@
 
     python -m benchmarks.scale [--quick] [--nodes 10 1000] [--sampled 10] [--rounds 5] [--model resnet8]
 
-For each node count N, one Flower simulation (``flwr run`` on a :class:`fedhn.superlink.LocalSuperLink`,
+For each node count N, one Flower simulation (``flwr run`` on a :class:`fedhn.launch.superlink.LocalSuperLink`,
 ``client-resources-num-cpus=1``: 2 Ray actors on this 2-core machine) of resnet8 on the embedded
 digits (1,437 training examples, ``partitioner=iid``: 1-2 examples per client at N=1,000) samples
 ``--sampled`` clients per round (``fraction-train = sampled / N``, ``min-train-nodes = sampled``).
@@ -12,7 +12,7 @@ N nodes and starts Ray), round 1 (it also asks every node for its partition id, 
 sampling), the median later round, the peak of the summed PSS (and RSS) of the SuperLink's whole process
 tree (SuperLink, SuperExec, ServerApp and Ray driver, Ray daemons, ClientApp actors) sampled from
 /proc every 0.5 s, and CPU seconds per later round of the simulation driver and of the actors. The
-in-process column is ``fedhn.task.train_client`` for clients 0..sampled-1, one after the other at 1
+in-process column is ``fedhn.app.task.train_client`` for clients 0..sampled-1, one after the other at 1
 thread: the compute a round needs at least.
 """
 
@@ -28,11 +28,11 @@ import torch
 
 from benchmarks.simulation import ACTOR, DRIVER, TreeSampler, load_average, plan, simulate
 from benchmarks.timing import environment, markdown_table
-from fedhn.compare import Federation
-from fedhn.config import RunConfig
-from fedhn.results import METRICS_FILE
-from fedhn.superlink import LocalSuperLink
-from fedhn.task import new_model, train_client
+from fedhn.launch.compare import Federation
+from fedhn.app.config import RunConfig
+from fedhn.app.results import METRICS_FILE
+from fedhn.launch.superlink import LocalSuperLink
+from fedhn.app.task import new_model, train_client
 
 
 def in_process(config: RunConfig, nodes: int, clients: int) -> float:

@@ -5,7 +5,7 @@
 
 Each repeat runs, in turn:
 
-1. the clients' work in this process: every round, ``fedhn.task.train_client`` for every client
+1. the clients' work in this process: every round, ``fedhn.app.task.train_client`` for every client
    (same partitions, batch sizes, epochs and seeds as the simulation), each client timed alone at
    1 thread as an actor runs it: ``max(sum/2, longest)`` is the round's lower bound on 2 parallel
    1-thread workers (the 2 threads the simulation's clients use in total: 2 Ray actors x 1 thread
@@ -13,7 +13,7 @@ Each repeat runs, in turn:
    In the first steady round, all clients also run one after the other with
    ``torch.set_num_threads(2)`` (the same 2 threads in one process). The server's work
    (aggregation, central evaluation) is timed apart.
-2. the same run as a Flower simulation (``flwr run`` on a :class:`fedhn.superlink.LocalSuperLink`,
+2. the same run as a Flower simulation (``flwr run`` on a :class:`fedhn.launch.superlink.LocalSuperLink`,
    ``client-resources-num-cpus=1``): round times from the ``wall_time`` the ServerApp writes to
    ``metrics.jsonl`` after every round (aggregation, evaluation and checkpoint included), and the
    CPU seconds of the SuperLink's whole process tree (from /proc) over the same rounds.
@@ -47,12 +47,12 @@ import tomli_w
 import torch
 
 from benchmarks.timing import environment, markdown_table
-from fedhn.compare import Federation, plan_runs
-from fedhn.config import RunConfig
-from fedhn.processes import children, live_members, stat_fields
-from fedhn.results import METRICS_FILE, read_results
-from fedhn.superlink import FlowerError, LocalSuperLink
-from fedhn.task import new_model, test_data, train_client
+from fedhn.launch.compare import Federation, plan_runs
+from fedhn.app.config import RunConfig
+from fedhn.launch.processes import children, live_members, stat_fields
+from fedhn.app.results import METRICS_FILE, read_results
+from fedhn.launch.superlink import FlowerError, LocalSuperLink
+from fedhn.app.task import new_model, test_data, train_client
 from fedhn.training import evaluate
 from strategies import aggregate_states
 
@@ -315,7 +315,7 @@ def in_process_rounds(config: RunConfig, clients: int, rounds: int, two_thread_r
 
 
 def plan(args: argparse.Namespace, out_dir: Path, clients: int, **extra: Any) -> RunConfig:
-    """The run config of the benchmark's arguments (validated by ``fedhn.compare.plan_runs``)."""
+    """The run config of the benchmark's arguments (validated by ``fedhn.launch.compare.plan_runs``)."""
     overrides: dict[str, Any] = {
         "dataset": args.dataset,
         "model": args.model,

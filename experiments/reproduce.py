@@ -8,7 +8,7 @@ run-config overrides, written to ``outputs/repro/<group>``), and a way to summar
     python -m experiments.reproduce --list        # the tables, their groups and commands
 
 Runs already complete are never repeated; a partial run is resumed from its checkpoint. Tables read
-runs with :func:`fedhn.results.read_results`; accuracies are in %, "final" is the last round's test
+runs with :func:`fedhn.app.results.read_results`; accuracies are in %, "final" is the last round's test
 accuracy, "best" the best round's. Across seeds a cell is ``mean ± std`` (sample std, n-1).
 
 Every run has ``calibrate-stats = true`` (configs/repro-*.toml): federated precise statistics after
@@ -35,10 +35,10 @@ import numpy as np
 import torch
 
 from fedhn.calibration import calibrate, calibrated_layers
-from fedhn.compare import run_label
-from fedhn.config import RunConfig
-from fedhn.results import MODEL_FILE, RunResults, read_results
-from fedhn.task import client_data, new_model, test_data
+from fedhn.launch.compare import run_label
+from fedhn.app.config import RunConfig
+from fedhn.app.results import MODEL_FILE, RunResults, read_results
+from fedhn.app.task import client_data, new_model, test_data
 from fedhn.training import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent

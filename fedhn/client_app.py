@@ -1,4 +1,4 @@
-"""Flower ClientApp: turns a train message into :func:`fedhn.task.train_client` and back."""
+"""Flower ClientApp: turns a train message into :func:`fedhn.app.task.train_client` and back."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedhn.config import RunConfig
-from fedhn.faults import InjectedFault, draw_fault, poison
-from fedhn.task import client_statistics, norm_keys, train_client
+from fedhn.app.config import RunConfig
+from fedhn.app.faults import InjectedFault, draw_fault, poison
+from fedhn.app.task import client_statistics, norm_keys, train_client
 
 app = ClientApp()
 LOCAL_NORMS = "local-norms"  # context.state key of the norm layers a FedBN client keeps

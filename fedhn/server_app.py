@@ -1,5 +1,5 @@
 """Flower ServerApp: validates the run, runs :class:`strategies.StatsFedAvg` with centralized
-evaluation and a checkpoint after every round, and records the results (:mod:`fedhn.results`)."""
+evaluation and a checkpoint after every round, and records the results (:mod:`fedhn.app.results`)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from flwr.supercore import log
 from torch import Tensor
 
 from fedhn.calibration import apply_sums, calibration_order, pool_sums
-from fedhn.checkpoint import restore, save_checkpoint
-from fedhn.config import ConfigError, RunConfig
-from fedhn.results import RunRecorder, read_results
-from fedhn.task import new_model, round_lr, run_problems, test_data
+from fedhn.app.checkpoint import restore, save_checkpoint
+from fedhn.app.config import ConfigError, RunConfig
+from fedhn.app.results import RunRecorder, read_results
+from fedhn.app.task import new_model, round_lr, run_problems, test_data
 from fedhn.training import evaluate
 from strategies import StatsFedAvg
 

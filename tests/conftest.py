@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedhn.config import load_app_defaults
+from fedhn.app.config import load_app_defaults
 
 PROJECT = Path(__file__).resolve().parent.parent
 

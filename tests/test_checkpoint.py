@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from fedhn.checkpoint import (
+from fedhn.app.checkpoint import (
     CHECKPOINT_FILE,
     check_restore,
     load_checkpoint,
@@ -13,9 +13,9 @@ from fedhn.checkpoint import (
     restore,
     save_checkpoint,
 )
-from fedhn.config import RunConfig
+from fedhn.app.config import RunConfig
 from fedhn.models import build_model
-from fedhn.results import METRICS_FILE
+from fedhn.app.results import METRICS_FILE
 
 
 def _model():

@@ -4,7 +4,7 @@ import tomllib
 
 import pytest
 
-from fedhn.config import KEYS, ConfigError, RunConfig
+from fedhn.app.config import KEYS, ConfigError, RunConfig
 from tests.conftest import PROJECT
 
 

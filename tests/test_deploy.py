@@ -9,10 +9,10 @@ import pytest
 import tomli_w
 from typer.testing import CliRunner
 
-from fedhn.cli import app
-from fedhn.deploy import Deployment, start
-from fedhn.faults import draw_fault
-from fedhn.processes import live_members, stop
+from fedhn.launch.cli import app
+from fedhn.launch.deploy import Deployment, start
+from fedhn.app.faults import draw_fault
+from fedhn.launch.processes import live_members, stop
 
 pytestmark = pytest.mark.deployment
 PROJECT = Path(__file__).resolve().parent.parent

@@ -2,7 +2,7 @@
 
 import torch
 
-from fedhn.faults import draw_fault, poison
+from fedhn.app.faults import draw_fault, poison
 
 
 def test_faults_are_seeded_per_client_and_round():

@@ -5,7 +5,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fedhn.cli import app
+from fedhn.launch.cli import app
 from fedhn.data import load_dataset
 from fedhn.fluctuation import (
     STATISTICS,

@@ -5,8 +5,8 @@ import torch
 import torchvision
 from torch import nn
 
-from fedhn import fuse
-from fedhn.fuse import ChannelAffine, fold_norms
+from fedhn import folding
+from fedhn.folding import ChannelAffine, fold_norms
 from fedhn.models import build_model
 from fedhn.norms import is_norm
 
@@ -109,7 +109,7 @@ def test_models_that_do_not_trace_fold_through_their_structure(name, monkeypatch
     def untraceable(*args):
         raise torch.fx.proxy.TraceError("data-dependent control flow")
 
-    monkeypatch.setattr(fuse, "_traced_pairs", untraceable)
+    monkeypatch.setattr(folding, "_traced_pairs", untraceable)
     folded, report = fold_norms(model)
     assert not report.traced and report.folded == traced_report.folded
     _assert_same_eval_outputs(model, folded, torch.randn(2, 3, 16, 16))

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fedhn.cli import app
-from fedhn.processes import live_members, spawn, stop
-from fedhn.superlink import free_port
+from fedhn.launch.cli import app
+from fedhn.launch.processes import live_members, spawn, stop
+from fedhn.launch.superlink import free_port
 
 pytestmark = [pytest.mark.simulation, pytest.mark.ray_cluster]
 PROJECT = Path(__file__).resolve().parent.parent

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from fedhn.faults import draw_fault
-from fedhn.superlink import LocalSuperLink
+from fedhn.app.faults import draw_fault
+from fedhn.launch.superlink import LocalSuperLink
 
 pytestmark = pytest.mark.simulation
 PROJECT = Path(__file__).resolve().parent.parent

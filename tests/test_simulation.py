@@ -9,11 +9,11 @@ import torch
 from typer.testing import CliRunner
 
 from fedhn.calibration import calibrate
-from fedhn.cli import app
-from fedhn.config import RunConfig
+from fedhn.launch.cli import app
+from fedhn.app.config import RunConfig
 from fedhn.models import build_model
-from fedhn.superlink import LocalSuperLink, live_members
-from fedhn.task import client_data
+from fedhn.launch.superlink import LocalSuperLink, live_members
+from fedhn.app.task import client_data
 
 pytestmark = pytest.mark.simulation
 PROJECT = Path(__file__).resolve().parent.parent

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from fedhn.config import RunConfig
-from fedhn.task import client_data, new_model, norm_keys, round_lr, run_problems, train_client
+from fedhn.app.config import RunConfig
+from fedhn.app.task import client_data, new_model, norm_keys, round_lr, run_problems, train_client
 
 
 def _config(defaults, **overrides) -> RunConfig:

@@ -5,7 +5,7 @@ Every layer is a :class:`HeterologousNorm` built from a spec (:func:`parse_spec`
 native kernels (``bn`` to ``F.batch_norm``, ``in``/``ln``/``gn`` to ``F.group_norm``). Layers with the mean
 set ``bn`` and batch std sets (``hn``, ``hn_g<G>``, ``mean=bn,std=bn+en``) train through the fused CPU
 kernel of :mod:`fedhn.norms.fused`; in eval mode, one batch mean set with one batch std set runs
-``F.batch_norm`` on the running statistics. :func:`fedhn.fuse.fold_norms` folds such norms away for
+``F.batch_norm`` on the running statistics. :func:`fedhn.folding.fold_norms` folds such norms away for
 inference.
 
 Buffer convention (relied on by the server's statistics pooling, :mod:`strategies`):

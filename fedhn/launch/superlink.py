@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedhn.processes import children, end_groups, live_members, process_group
+from fedhn.launch.processes import children, end_groups, live_members, process_group
 
 __all__ = [
     "Certificates",

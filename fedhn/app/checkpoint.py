@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fedhn.config import RunConfig
-from fedhn.results import METRICS_FILE, atomic_write
+from fedhn.app.config import RunConfig
+from fedhn.app.results import METRICS_FILE, atomic_write
 
 __all__ = [
     "CHECKPOINT_FILE",

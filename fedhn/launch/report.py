@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedhn.results import RunResults
+from fedhn.app.results import RunResults
 
 __all__ = ["summary_table", "plot_accuracy", "write_report"]
 

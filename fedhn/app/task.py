@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from fedhn.calibration import layer_sums
-from fedhn.checkpoint import check_restore
-from fedhn.config import RunConfig
+from fedhn.app.checkpoint import check_restore
+from fedhn.app.config import RunConfig
 from fedhn.data import DATASETS, ImageData, assign_batch_sizes, crop_flip, load_dataset, partition_indices
 from fedhn.models import build_model
 from fedhn.norms import is_norm

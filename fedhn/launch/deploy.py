@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedhn.processes import Process, spawn, stop
-from fedhn.superlink import (
+from fedhn.launch.processes import Process, spawn, stop
+from fedhn.launch.superlink import (
     Certificates,
     FlowerConnection,
     FlowerError,

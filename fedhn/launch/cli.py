@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from fedhn import __version__
-from fedhn.deploy_cli import app as deploy_app
+from fedhn.launch.deploy_cli import app as deploy_app
 
 app = typer.Typer(
     help="Heterologous Normalization and its family for federated learning on Flower.", no_args_is_help=True
@@ -69,8 +69,8 @@ def compare(
     resume: Annotated[bool, typer.Option(help="Continue the runs in --out from their last checkpoints.")] = False,
 ) -> None:
     """Run one Flower simulation per norm (flwr run) and write summary.md and accuracy.png."""
-    from fedhn.compare import Federation, default_out_dir, parse_run_config_args, plan_runs, run_comparison
-    from fedhn.config import ConfigError
+    from fedhn.launch.compare import Federation, default_out_dir, parse_run_config_args, plan_runs, run_comparison
+    from fedhn.app.config import ConfigError
 
     if not (app_dir / "pyproject.toml").is_file():
         raise typer.BadParameter(
@@ -99,8 +99,8 @@ def report(
     ] = None,
 ) -> None:
     """Rebuild summary.md and accuracy.png from existing run directories."""
-    from fedhn.report import write_report
-    from fedhn.results import CONFIG_FILE, read_results
+    from fedhn.launch.report import write_report
+    from fedhn.app.results import CONFIG_FILE, read_results
 
     run_dirs = []
     for directory in dirs:
@@ -150,7 +150,7 @@ def fluctuation(
     from fedhn.fluctuation import parse_batch_sizes, parse_neurons, record_statistics, write_outputs
     from fedhn.models import build_model
     from fedhn.norms import is_norm
-    from fedhn.task import device
+    from fedhn.app.task import device
 
     torch.set_num_threads(threads)
     try:

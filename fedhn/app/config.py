@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedhn.data import DATASETS
-from fedhn.faults import FAULT_KINDS
+from fedhn.app.faults import FAULT_KINDS
 from fedhn.models import model_names
 from fedhn.norms import parse_spec
 from strategies import STATS_AGGREGATIONS

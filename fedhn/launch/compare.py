@@ -13,11 +13,11 @@ from typing import Any
 import tomli_w
 from flwr.common.config import parse_config_args
 
-from fedhn.config import ConfigError, RunConfig, load_app_defaults
-from fedhn.report import write_report
-from fedhn.results import METRICS_FILE, RunResults, read_results
-from fedhn.superlink import FlowerConnection, FlowerError, LocalSuperLink
-from fedhn.task import run_problems
+from fedhn.app.config import ConfigError, RunConfig, load_app_defaults
+from fedhn.launch.report import write_report
+from fedhn.app.results import METRICS_FILE, RunResults, read_results
+from fedhn.launch.superlink import FlowerConnection, FlowerError, LocalSuperLink
+from fedhn.app.task import run_problems
 
 __all__ = ["Federation", "Comparison", "plan_runs", "run_comparison", "run_one", "parse_run_config_args", "run_label"]
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from fedhn.deploy import Deployment
+    from fedhn.launch.deploy import Deployment
 
 app = typer.Typer(
     help="A Flower deployment on this machine: SuperLink, SuperNodes and their SuperExecs, stopped by PID.",
@@ -43,8 +43,8 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 def _start(
     state_dir: Path, nodes: int, port: int | None, tls: bool, certificates: Path | None, app_dir: Path
 ) -> Deployment:
-    from fedhn.deploy import make_certificates, start
-    from fedhn.superlink import FlowerError
+    from fedhn.launch.deploy import make_certificates, start
+    from fedhn.launch.superlink import FlowerError
 
     try:
         certs = make_certificates(app_dir, certificates or state_dir / "certificates") if tls else None
@@ -94,11 +94,11 @@ def run(
     """
     from datetime import datetime
 
-    from fedhn.compare import Federation, parse_run_config_args, plan_runs, run_one
-    from fedhn.config import ConfigError, load_app_defaults
-    from fedhn.deploy import Deployment
-    from fedhn.results import read_results
-    from fedhn.superlink import FlowerError
+    from fedhn.launch.compare import Federation, parse_run_config_args, plan_runs, run_one
+    from fedhn.app.config import ConfigError, load_app_defaults
+    from fedhn.launch.deploy import Deployment
+    from fedhn.app.results import read_results
+    from fedhn.launch.superlink import FlowerError
 
     app_dir = app_dir.resolve()
     running = Deployment.load(state_dir)
@@ -134,7 +134,7 @@ def run(
 @app.command()
 def status(state_dir: StateDir = STATE_DIR) -> None:
     """Show the deployment: processes, ports, how to connect."""
-    from fedhn.deploy import Deployment
+    from fedhn.launch.deploy import Deployment
 
     deployment = Deployment.load(state_dir)
     if deployment is None:
@@ -147,7 +147,7 @@ def status(state_dir: StateDir = STATE_DIR) -> None:
 @app.command()
 def down(state_dir: StateDir = STATE_DIR) -> None:
     """Stop every process of the deployment by PID, with what its SuperExecs started."""
-    from fedhn.deploy import Deployment
+    from fedhn.launch.deploy import Deployment
 
     deployment = Deployment.load(state_dir)
     if deployment is None:

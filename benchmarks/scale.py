@@ -28,11 +28,11 @@ import torch
 
 from benchmarks.simulation import ACTOR, DRIVER, TreeSampler, load_average, plan, simulate
 from benchmarks.timing import environment, markdown_table
-from fedhn.launch.compare import Federation
 from fedhn.app.config import RunConfig
 from fedhn.app.results import METRICS_FILE
-from fedhn.launch.superlink import LocalSuperLink
 from fedhn.app.task import new_model, train_client
+from fedhn.launch.compare import Federation
+from fedhn.launch.superlink import LocalSuperLink
 
 
 def in_process(config: RunConfig, nodes: int, clients: int) -> float:

@@ -47,12 +47,12 @@ import tomli_w
 import torch
 
 from benchmarks.timing import environment, markdown_table
-from fedhn.launch.compare import Federation, plan_runs
 from fedhn.app.config import RunConfig
-from fedhn.launch.processes import children, live_members, stat_fields
 from fedhn.app.results import METRICS_FILE, read_results
-from fedhn.launch.superlink import FlowerError, LocalSuperLink
 from fedhn.app.task import new_model, test_data, train_client
+from fedhn.launch.compare import Federation, plan_runs
+from fedhn.launch.processes import children, live_members, stat_fields
+from fedhn.launch.superlink import FlowerError, LocalSuperLink
 from fedhn.training import evaluate
 from strategies import aggregate_states
 

@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedhn.calibration import calibrate, calibrated_layers
-from fedhn.launch.compare import run_label
 from fedhn.app.config import RunConfig
 from fedhn.app.results import MODEL_FILE, RunResults, read_results
 from fedhn.app.task import client_data, new_model, test_data
+from fedhn.calibration import calibrate, calibrated_layers
+from fedhn.launch.compare import run_label
 from fedhn.training import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,11 +15,11 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 from torch import Tensor
 
-from fedhn.calibration import apply_sums, calibration_order, pool_sums
 from fedhn.app.checkpoint import restore, save_checkpoint
 from fedhn.app.config import ConfigError, RunConfig
 from fedhn.app.results import RunRecorder, read_results
 from fedhn.app.task import new_model, round_lr, run_problems, test_data
+from fedhn.calibration import apply_sums, calibration_order, pool_sums
 from fedhn.training import evaluate
 from strategies import StatsFedAvg
 

@@ -14,8 +14,8 @@ from fedhn.app.checkpoint import (
     save_checkpoint,
 )
 from fedhn.app.config import RunConfig
-from fedhn.models import build_model
 from fedhn.app.results import METRICS_FILE
+from fedhn.models import build_model
 
 
 def _model():

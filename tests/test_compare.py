@@ -2,8 +2,8 @@
 
 import pytest
 
-from fedhn.launch.compare import Federation, parse_run_config_args, plan_runs, run_label
 from fedhn.app.config import ConfigError
+from fedhn.launch.compare import Federation, parse_run_config_args, plan_runs, run_label
 from tests.conftest import PROJECT
 
 

@@ -9,9 +9,9 @@ import pytest
 import tomli_w
 from typer.testing import CliRunner
 
+from fedhn.app.faults import draw_fault
 from fedhn.launch.cli import app
 from fedhn.launch.deploy import Deployment, start
-from fedhn.app.faults import draw_fault
 from fedhn.launch.processes import live_members, stop
 
 pytestmark = pytest.mark.deployment

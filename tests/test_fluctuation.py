@@ -5,7 +5,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fedhn.launch.cli import app
 from fedhn.data import load_dataset
 from fedhn.fluctuation import (
     STATISTICS,
@@ -18,6 +17,7 @@ from fedhn.fluctuation import (
     parse_neurons,
     record_statistics,
 )
+from fedhn.launch.cli import app
 from fedhn.models import build_model
 from fedhn.norms import is_norm
 

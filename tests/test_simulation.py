@@ -8,12 +8,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from fedhn.app.config import RunConfig
+from fedhn.app.task import client_data
 from fedhn.calibration import calibrate
 from fedhn.launch.cli import app
-from fedhn.app.config import RunConfig
-from fedhn.models import build_model
 from fedhn.launch.superlink import LocalSuperLink, live_members
-from fedhn.app.task import client_data
+from fedhn.models import build_model
 
 pytestmark = pytest.mark.simulation
 PROJECT = Path(__file__).resolve().parent.parent

@@ -14,8 +14,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from fedhn.data import DATASETS
 from fedhn.app.faults import FAULT_KINDS
+from fedhn.data import DATASETS
 from fedhn.models import model_names
 from fedhn.norms import parse_spec
 from strategies import STATS_AGGREGATIONS

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fedhn.calibration import layer_sums
 from fedhn.app.checkpoint import check_restore
 from fedhn.app.config import RunConfig
+from fedhn.calibration import layer_sums
 from fedhn.data import DATASETS, ImageData, assign_batch_sizes, crop_flip, load_dataset, partition_indices
 from fedhn.models import build_model
 from fedhn.norms import is_norm

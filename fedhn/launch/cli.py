@@ -69,8 +69,8 @@ def compare(
     resume: Annotated[bool, typer.Option(help="Continue the runs in --out from their last checkpoints.")] = False,
 ) -> None:
     """Run one Flower simulation per norm (flwr run) and write summary.md and accuracy.png."""
-    from fedhn.launch.compare import Federation, default_out_dir, parse_run_config_args, plan_runs, run_comparison
     from fedhn.app.config import ConfigError
+    from fedhn.launch.compare import Federation, default_out_dir, parse_run_config_args, plan_runs, run_comparison
 
     if not (app_dir / "pyproject.toml").is_file():
         raise typer.BadParameter(
@@ -99,8 +99,8 @@ def report(
     ] = None,
 ) -> None:
     """Rebuild summary.md and accuracy.png from existing run directories."""
-    from fedhn.launch.report import write_report
     from fedhn.app.results import CONFIG_FILE, read_results
+    from fedhn.launch.report import write_report
 
     run_dirs = []
     for directory in dirs:
@@ -146,11 +146,11 @@ def fluctuation(
 
     import torch
 
+    from fedhn.app.task import device
     from fedhn.data import load_dataset
     from fedhn.fluctuation import parse_batch_sizes, parse_neurons, record_statistics, write_outputs
     from fedhn.models import build_model
     from fedhn.norms import is_norm
-    from fedhn.app.task import device
 
     torch.set_num_threads(threads)
     try:

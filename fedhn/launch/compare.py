@@ -14,10 +14,10 @@ import tomli_w
 from flwr.common.config import parse_config_args
 
 from fedhn.app.config import ConfigError, RunConfig, load_app_defaults
-from fedhn.launch.report import write_report
 from fedhn.app.results import METRICS_FILE, RunResults, read_results
-from fedhn.launch.superlink import FlowerConnection, FlowerError, LocalSuperLink
 from fedhn.app.task import run_problems
+from fedhn.launch.report import write_report
+from fedhn.launch.superlink import FlowerConnection, FlowerError, LocalSuperLink
 
 __all__ = ["Federation", "Comparison", "plan_runs", "run_comparison", "run_one", "parse_run_config_args", "run_label"]
 

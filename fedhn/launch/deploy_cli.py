@@ -94,10 +94,10 @@ def run(
     """
     from datetime import datetime
 
-    from fedhn.launch.compare import Federation, parse_run_config_args, plan_runs, run_one
     from fedhn.app.config import ConfigError, load_app_defaults
-    from fedhn.launch.deploy import Deployment
     from fedhn.app.results import read_results
+    from fedhn.launch.compare import Federation, parse_run_config_args, plan_runs, run_one
+    from fedhn.launch.deploy import Deployment
     from fedhn.launch.superlink import FlowerError
 
     app_dir = app_dir.resolve()

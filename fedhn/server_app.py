@@ -57,7 +57,7 @@ def main(grid: Grid, context: Context) -> None:
     config = with_output_dir(RunConfig.from_mapping(context.run_config))
     problems = run_problems(config, num_partitions=len(list(grid.get_node_ids())))
     if problems:
-        raise ConfigError("Invalid run config:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise ConfigError.listing(problems)
     torch.manual_seed(config.seed)
     model = new_model(config)
     first_round = restore(config, model)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,11 @@ __all__ = ["ConfigError", "RunConfig", "KEYS", "load_app_defaults", "resolve_run
 
 class ConfigError(ValueError):
     """A run configuration that cannot run; the message lists every problem found."""
+
+    @classmethod
+    def listing(cls, problems: Iterable[str]) -> ConfigError:
+        """The error for ``problems``, one per line under "Invalid run config:"."""
+        return cls("Invalid run config:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 def _choice(*allowed: str) -> Callable[[Any], str | None]:
@@ -202,7 +207,7 @@ class RunConfig:
         if values.get("resume") and not values.get("out-dir"):
             problems.append("resume = true needs out-dir: the directory of the run to continue")
         if problems:
-            raise ConfigError("Invalid run config:\n" + "\n".join(f"  - {p}" for p in problems))
+            raise ConfigError.listing(problems)
         values["batch-sizes"] = tuple(int(part) for part in values["batch-sizes"].split(","))
         values["fault-kinds"] = tuple(kind.strip() for kind in values["fault-kinds"].split(",") if kind.strip())
         return cls(**{f.name: values[f.name.replace("_", "-")] for f in fields(cls)})

@@ -98,7 +98,7 @@ def plan_runs(
     if federation.num_supernodes < next(iter(plans.values())).min_train_nodes:
         problems.append(f"--num-supernodes {federation.num_supernodes} is below min-train-nodes; add supernodes")
     if problems:
-        raise ConfigError("Invalid run config:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise ConfigError.listing(problems)
     return plans
 
 

@@ -41,10 +41,10 @@ def in_process(config: RunConfig, nodes: int, clients: int) -> float:
     torch.manual_seed(config.seed)
     state = new_model(config).state_dict()
     for client in range(clients):  # warm-up: data, model, kernels
-        train_client(config, state, client, nodes, 1)
+        train_client(config, state, client, nodes, 1, config.lr)
     start = time.perf_counter()
     for client in range(clients):
-        train_client(config, state, client, nodes, 2)
+        train_client(config, state, client, nodes, 2, config.lr)
     return time.perf_counter() - start
 
 

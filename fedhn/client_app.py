@@ -11,7 +11,8 @@ from flwr.clientapp import ClientApp
 
 from fedhn.app.config import RunConfig
 from fedhn.app.faults import InjectedFault, draw_fault, poison
-from fedhn.app.task import client_statistics, norm_keys, train_client
+from fedhn.app.federated_calibration import client_sums
+from fedhn.app.task import norm_keys, train_client
 
 app = ClientApp()
 LOCAL_NORMS = "local-norms"  # context.state key of the norm layers a FedBN client keeps
@@ -38,7 +39,7 @@ def partition(msg: Message, context: Context) -> Message:
 def calibrate(msg: Message, context: Context) -> Message:
     """Sums of one norm layer's input over the whole partition, for exact pooled statistics."""
     config = run_config(context.run_config)
-    sums, examples = client_statistics(
+    sums, examples = client_sums(
         config,
         msg.content["arrays"].to_torch_state_dict(),
         int(context.node_config["partition-id"]),
@@ -53,7 +54,8 @@ def calibrate(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     config = run_config(context.run_config)
     partition_id = int(context.node_config["partition-id"])
-    server_round = int(msg.content["config"]["server-round"])
+    train_config = msg.content["config"]
+    server_round = int(train_config["server-round"])
     fault = draw_fault(config.seed, partition_id, server_round, config.fault_rate, config.fault_kinds)
     if fault == "raise":
         raise InjectedFault(f"injected fault (fault-rate): client {partition_id} raised in round {server_round}")
@@ -65,6 +67,7 @@ def train(msg: Message, context: Context) -> Message:
         partition_id,
         int(context.node_config["num-partitions"]),
         server_round,
+        float(train_config["lr"]),  # the server owns the schedule
         local_state=kept.to_torch_state_dict() if kept is not None else None,
     )
     if local:

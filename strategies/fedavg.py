@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
 from strategies.aggregation import STATS_AGGREGATIONS, StatsAggregation, aggregate_states
@@ -29,6 +31,7 @@ class RoundReport:
     dropped: dict[str, str] = field(default_factory=dict)  # client (node id or partition) -> reason
     train_loss: float | None = None
     aggregated: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # what ``after_aggregation`` reported
 
 
 class RoundFailedError(RuntimeError):
@@ -50,21 +53,26 @@ class StatsFedAvg(FedAvg):
         stats_aggregation: ``pooled`` (exact pooled variance), ``mean`` (arithmetic mean, as other
             frameworks) or ``local`` (FedBN: clients keep their norm layers; the server pools its copy).
         round_config: called with the server round, returns entries added to that round's train
-            config (e.g. a learning-rate schedule).
+            config: the server owns per-round hyperparameters (e.g. the learning rate of a schedule).
         first_round: the number of the first round ``start`` runs (> 1 when a run resumes): round
-            numbers sent to clients, logged and used for sampling count from it.
-        sampling_seed: with ``fraction_train < 1``, sample clients reproducibly: nodes are ordered
-            by the ``partition-id`` they report to a ``query.partition`` message (node ids are random
-            per run) and sampled with a generator seeded by (seed, round).
+            numbers sent to clients, logged, used for sampling and passed to ``evaluate_fn`` count from it.
+        sampling_seed: sample clients reproducibly, with a generator of its own seeded by (seed, round),
+            from the nodes in the order ``node_order`` gives.
+        node_order: all connected node ids in a reproducible order (node ids are random per run; e.g.
+            ordered by the partition each node holds). Default: ``grid.get_node_ids()`` sorted.
+        node_label: how a node is named in the reasons of dropped replies (default ``node <id>``).
+        error_summary: the gist of a client's error reason (default: its last 300 characters).
         after_aggregation: called with the round and the aggregated arrays; returns the arrays that
-            become the global model (e.g. with recalibrated statistics).
+            become the global model (e.g. with recalibrated statistics) and entries for the round's
+            report (:attr:`RoundReport.extra`).
         **kwargs: FedAvg's arguments (fraction_train, min_train_nodes, ...).
 
     Replies that carry an error, no ``num-examples``, non-finite values, or arrays whose keys,
     shapes or dtypes differ from the global model, and sampled clients that did not reply within the
     timeout, are dropped with a logged reason. If fewer than
     ``min_train_nodes`` replies remain, :class:`RoundFailedError` ends the run with the reasons.
-    ``last_round`` describes the latest round.
+    ``last_round`` describes the latest round; :meth:`start` hands each round's report to its
+    ``evaluate_fn``.
     """
 
     def __init__(
@@ -72,8 +80,11 @@ class StatsFedAvg(FedAvg):
         stats_aggregation: StatsAggregation = "pooled",
         round_config: Callable[[int], dict[str, float | int | str]] | None = None,
         first_round: int = 1,
-        sampling_seed: int | None = None,
-        after_aggregation: Callable[[int, ArrayRecord], ArrayRecord] | None = None,
+        sampling_seed: int = 0,
+        node_order: Callable[[Grid], list[int]] | None = None,
+        node_label: Callable[[int], str] | None = None,
+        error_summary: Callable[[str], str] | None = None,
+        after_aggregation: Callable[[int, ArrayRecord], tuple[ArrayRecord, dict[str, Any]]] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -85,11 +96,35 @@ class StatsFedAvg(FedAvg):
         self.round_config = round_config
         self.round_offset = first_round - 1
         self.sampling_seed = sampling_seed
+        self.node_order = node_order or (lambda grid: sorted(grid.get_node_ids()))
+        self.node_label = node_label or (lambda node: f"node {node}")
+        self.error_summary = error_summary or (lambda reason: reason.strip()[-300:])
         self.after_aggregation = after_aggregation
         self.last_round = RoundReport(0)
-        self.partition_of: dict[int, int] = {}  # node id -> partition id, as clients report it
         self._reference: dict[str, np.ndarray] = {}
         self._sampled: list[int] = []
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord, RoundReport | None], MetricRecord | None] | None = None,
+    ) -> Result:
+        """Flower's round loop; ``evaluate_fn(server_round, arrays, report)`` gets the round's report
+        (``None`` before the first round) and the round number counted from ``first_round``."""
+
+        def evaluate(step: int, arrays: ArrayRecord) -> MetricRecord | None:
+            if step == 0:
+                return evaluate_fn(self.round_offset, arrays, None)
+            return evaluate_fn(step + self.round_offset, arrays, self.last_round)
+
+        return super().start(
+            grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config, evaluate if evaluate_fn else None
+        )
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -98,31 +133,26 @@ class StatsFedAvg(FedAvg):
         self._reference = {key: value.numpy() for key, value in arrays.items()}
         if self.round_config is not None:
             config = ConfigRecord({**config, **self.round_config(server_round)})
-        if self.sampling_seed is not None and self.fraction_train < 1.0:
-            self._learn_partitions(grid)
-            random.seed(f"sampling-{self.sampling_seed}-{server_round}")  # FedAvg samples with random
-            grid = _OrderedGrid(grid, self.partition_of)
-        messages = list(super().configure_train(server_round, arrays, config, grid))
-        self._sampled = [message.metadata.dst_node_id for message in messages]
+        config["server-round"] = server_round
+        nodes = self._sample(grid, random.Random(f"sampling-{self.sampling_seed}-{server_round}"))
+        log(INFO, "configure_train: sampled %d nodes", len(nodes))
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        messages = list(self._construct_messages(record, nodes, MessageType.TRAIN))
+        self._sampled = nodes
         return messages
 
-    def _learn_partitions(self, grid: Grid) -> None:
-        """Ask nodes not seen before for their partition id (a QUERY message)."""
-        unknown = [node for node in grid.get_node_ids() if node not in self.partition_of]
-        if not unknown:
-            return
-        query = RecordDict({"config": ConfigRecord({"query": "partition-id"})})
-        messages = [
-            Message(content=query, dst_node_id=node, message_type=f"{MessageType.QUERY}.partition") for node in unknown
-        ]
-        for reply in grid.send_and_receive(messages, timeout=60):
-            if not reply.has_error() and reply.content.metric_records:
-                metrics = next(iter(reply.content.metric_records.values()))
-                self.partition_of[reply.metadata.src_node_id] = int(metrics["partition-id"])
-
-    def _client(self, node: int) -> str:
-        partition = self.partition_of.get(node)
-        return f"node {node}" if partition is None else f"client {partition} (node {node})"
+    def _sample(self, grid: Grid, rng: random.Random) -> list[int]:
+        """``fraction_train`` of the connected nodes (at least ``min_train_nodes``), once at least
+        ``min_available_nodes`` are connected."""
+        if self.fraction_train == 0.0:
+            return []
+        wait = max(self.min_available_nodes, self.min_train_nodes)
+        while len(list(grid.get_node_ids())) < wait:
+            log(INFO, "Waiting for nodes to connect: %d connected (minimum: %d)", len(list(grid.get_node_ids())), wait)
+            time.sleep(1)
+        nodes = self.node_order(grid)
+        size = max(int(len(nodes) * self.fraction_train), self.min_train_nodes)
+        return nodes if size >= len(nodes) else rng.sample(nodes, size)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -133,20 +163,18 @@ class StatsFedAvg(FedAvg):
         replied = set()
         for message in replies:
             replied.add(message.metadata.src_node_id)
-            client = self._client(message.metadata.src_node_id)
+            client = self.node_label(message.metadata.src_node_id)
             if message.has_error():
-                report.dropped[client] = f"error: {_error_summary(message.error.reason)}"
+                report.dropped[client] = f"error: {self.error_summary(message.error.reason)}"
                 continue
             state, metrics, problem = self._unpack(message)
             if problem:
                 report.dropped[client] = problem
                 continue
             accepted.append((state, metrics))
-            if "partition-id" in metrics:
-                self.partition_of[message.metadata.src_node_id] = int(metrics["partition-id"])
         for node in self._sampled:
             if node not in replied:
-                report.dropped[self._client(node)] = "no reply within the round timeout"
+                report.dropped[self.node_label(node)] = "no reply within the round timeout"
         for client, reason in report.dropped.items():
             log(WARNING, "Round %d: dropped the reply of %s: %s", server_round, client, reason)
         report.accepted = len(accepted)
@@ -168,7 +196,7 @@ class StatsFedAvg(FedAvg):
         metrics = MetricRecord({"train-loss": report.train_loss, "clients": len(accepted), self.weighted_by_key: total})
         arrays = ArrayRecord({key: Array(np.asarray(value, order="C")) for key, value in aggregated.items()})
         if self.after_aggregation is not None:
-            arrays = self.after_aggregation(server_round, arrays)
+            arrays, report.extra = self.after_aggregation(server_round, arrays)
         return arrays, metrics
 
     def _unpack(self, message: Message) -> tuple[dict[str, np.ndarray], MetricRecord, str | None]:
@@ -197,26 +225,3 @@ class StatsFedAvg(FedAvg):
             if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
                 return {}, metrics, f"{key!r} has non-finite values"
         return state, metrics, None
-
-
-class _OrderedGrid:
-    """A Grid whose node ids come in partition order (then node id), so that seeded sampling picks
-    the same partitions in every run."""
-
-    def __init__(self, grid: Grid, partition_of: dict[int, int]) -> None:
-        self._grid, self._partition_of = grid, partition_of
-
-    def get_node_ids(self) -> list[int]:
-        unknown = 1 << 62
-        return sorted(self._grid.get_node_ids(), key=lambda node: (self._partition_of.get(node, unknown), node))
-
-    def __getattr__(self, name: str):
-        return getattr(self._grid, name)
-
-
-def _error_summary(reason: str, limit: int = 300) -> str:
-    """The gist of a client error: Flower wraps the exception message in a Ray traceback."""
-    lines = reason.strip().splitlines() or [""]
-    text = reason.rsplit("Message: ", 1)[-1] if "Message: " in reason else lines[-1]
-    text = text.strip().rstrip("'>").strip()
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from fedhn.app.config import RunConfig
-from fedhn.app.task import client_data, new_model, norm_keys, round_lr, run_problems, train_client
+from fedhn.app.preflight import run_problems
+from fedhn.app.schedule import round_lr
+from fedhn.app.task import client_data, new_model, norm_keys, train_client
 
 
 def _config(defaults, **overrides) -> RunConfig:
@@ -47,9 +49,9 @@ def test_client_training_is_deterministic_and_reports_its_work(defaults, tiny_np
     config = _config(defaults, dataset=str(tiny_npz), model="mlp", norm="hn", batch_sizes="4", local_epochs=2)
     torch.manual_seed(0)
     state = new_model(config).state_dict()
-    state_a, result_a = train_client(config, state, 1, 4, server_round=1)
+    state_a, result_a = train_client(config, state, 1, 4, server_round=1, lr=config.lr)
     state_a = {k: v.clone() for k, v in state_a.items()}
-    state_b, result_b = train_client(config, state, 1, 4, server_round=1)
+    state_b, result_b = train_client(config, state, 1, 4, server_round=1, lr=config.lr)
     assert (result_a.steps, result_a.examples, result_a.batch_size) == (12, 48, 4)
     assert result_a == result_b
     for key in state_a:
@@ -63,7 +65,7 @@ def test_local_state_overrides_the_global_norm_layers(defaults, tiny_npz):
     # The MLP is Flatten, then (Linear, norm, ReLU) x 4: its norm layers are features.2, .5, .8 and .11.
     assert keys == {k for k in state if k.startswith(("features.2.", "features.5.", "features.8.", "features.11."))}
     local = {k: torch.full_like(v, 3) for k, v in state.items() if k in keys and v.is_floating_point()}
-    trained, _ = train_client(config, state, 0, 4, server_round=1, local_state=local)
+    trained, _ = train_client(config, state, 0, 4, server_round=1, lr=config.lr, local_state=local)
     running = next(k for k in local if k.endswith("running_var"))
     assert trained[running].mean() > 1.5  # started from the local 3s, not the global 1s
 

@@ -10,7 +10,6 @@ that finished while the checkpoint was being written) are dropped, and every rou
 from __future__ import annotations
 
 import io
-import json
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -22,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from fedhn.app.config import RunConfig
-from fedhn.app.results import METRICS_FILE, atomic_write
+from fedhn.app.results import METRICS_FILE, atomic_write, truncate_metrics
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -33,7 +32,6 @@ __all__ = [
     "load_state_dict_file",
     "restore",
     "save_checkpoint",
-    "truncate_metrics",
 ]
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -122,17 +120,6 @@ def load_checkpoint(out_dir: Path, run_config: Mapping[str, Any], model: nn.Modu
         details = ", ".join(f"{k}: {payload['run_config'].get(k)!r} -> {run_config.get(k)!r}" for k in changed)
         raise ValueError(f"{path} belongs to a run with another config ({details}); resume with the same config")
     return Checkpoint(int(payload["round"]), check_state_fits(payload["model"], model, path), payload["run_config"])
-
-
-def truncate_metrics(out_dir: Path, last_round: int) -> None:
-    """Drop metrics lines of rounds after ``last_round`` (not covered by the checkpoint)."""
-    path = out_dir / METRICS_FILE
-    if not path.is_file():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["round"] <= last_round]
-    if len(kept) != len(lines):
-        atomic_write(path, "".join(line + "\n" for line in kept).encode())
 
 
 def check_restore(config: RunConfig, model: nn.Module) -> Checkpoint | None:

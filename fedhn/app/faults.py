@@ -10,10 +10,10 @@ Each client, each round, draws a fault with probability ``fault-rate`` from a ge
 
 from __future__ import annotations
 
-import random
-
 import torch
 from torch import Tensor
+
+from fedhn.seeding import rng
 
 __all__ = ["FAULT_KINDS", "InjectedFault", "draw_fault", "poison"]
 
@@ -28,8 +28,8 @@ def draw_fault(seed: int, partition_id: int, server_round: int, rate: float, kin
     """The fault this client injects this round, or ``None``."""
     if rate <= 0 or not kinds:
         return None
-    rng = random.Random(f"fault-{seed}-{partition_id}-{server_round}")
-    return rng.choice(kinds) if rng.random() < rate else None
+    draw = rng("fault", seed, partition_id, server_round)
+    return draw.choice(kinds) if draw.random() < rate else None
 
 
 def poison(state: dict[str, Tensor]) -> dict[str, Tensor]:

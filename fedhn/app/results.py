@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -9,13 +10,24 @@ import platform
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["RunRecorder", "RunResults", "read_results", "package_versions", "atomic_write"]
+from fedhn.app.config import RunConfig
+
+__all__ = [
+    "RunRecorder",
+    "RunResults",
+    "read_results",
+    "package_versions",
+    "atomic_write",
+    "truncate_metrics",
+    "with_output_dir",
+]
 
 CONFIG_FILE, METRICS_FILE, MODEL_FILE = "config.json", "metrics.jsonl", "model.pt"
 
@@ -125,3 +137,23 @@ def read_results(out_dir: str | Path) -> RunResults:
     metrics_path = out_dir / METRICS_FILE
     lines = metrics_path.read_text().splitlines() if metrics_path.is_file() else []
     return RunResults(out_dir, run_config, [json.loads(line) for line in lines if line.strip()])
+
+
+def truncate_metrics(out_dir: Path, last_round: int) -> None:
+    """Drop metrics lines of rounds after ``last_round`` (not covered by the checkpoint)."""
+    path = out_dir / METRICS_FILE
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["round"] <= last_round]
+    if len(kept) != len(lines):
+        atomic_write(path, "".join(line + "\n" for line in kept).encode())
+
+
+def with_output_dir(config: RunConfig) -> RunConfig:
+    """The config with ``out-dir`` set: ``outputs/<time>-<model>-<norm>`` when it is empty."""
+    if config.out_dir:
+        return config
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = f"{stamp}-{config.model}-{config.norm}".replace("=", "").replace(",", "_")
+    return dataclasses.replace(config, out_dir=str(Path("outputs") / name))

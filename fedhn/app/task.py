@@ -1,11 +1,10 @@
 """The federated task: what a run config means for data, model and training, shared by the
-ClientApp and the ServerApp (which only translate messages). Everything here is cached per
+ClientApp and the ServerApp (which only translate messages). Data and models are cached per
 process, so a Ray worker loads its data once, not every round."""
 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -13,24 +12,24 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fedhn.app.checkpoint import check_restore
 from fedhn.app.config import RunConfig
-from fedhn.calibration import layer_sums
 from fedhn.data import DATASETS, ImageData, assign_batch_sizes, crop_flip, load_dataset, partition_indices
 from fedhn.models import build_model
 from fedhn.norms import is_norm
+from fedhn.seeding import torch_generator
 from fedhn.training import TrainResult, client_lr, train
 
 __all__ = [
     "ClientData",
     "client_data",
-    "test_data",
+    "client_model",
+    "dataset",
+    "device",
     "new_model",
     "norm_keys",
     "partitions",
+    "test_data",
     "train_client",
-    "round_lr",
-    "device",
 ]
 
 
@@ -49,7 +48,8 @@ class ClientData:
     augment: Callable[[Tensor, torch.Generator], Tensor] | None
 
 
-def _dataset(config: RunConfig) -> ImageData:
+def dataset(config: RunConfig) -> ImageData:
+    """The run's dataset (cached per process by :func:`fedhn.data.load_dataset`)."""
     return load_dataset(config.dataset, config.data_dir)
 
 
@@ -69,7 +69,7 @@ def _augmentation(config: RunConfig, data: ImageData) -> Callable[[Tensor, torch
 def client_data(config: RunConfig, partition_id: int, num_partitions: int) -> ClientData:
     """The partition of client ``partition_id`` out of ``num_partitions``, cached per process (a Ray
     actor serves several clients; at most the whole training set is held, as float32)."""
-    data = _dataset(config)
+    data = dataset(config)
     index = torch.from_numpy(partitions(config, num_partitions)[partition_id])
     target = device()
     batch_sizes = assign_batch_sizes(num_partitions, config.batch_sizes, config.batch_size_assignment, config.seed)
@@ -85,7 +85,7 @@ def client_data(config: RunConfig, partition_id: int, num_partitions: int) -> Cl
 def partitions(config: RunConfig, num_partitions: int) -> list[np.ndarray]:
     """Training-example indices of every client, cached per process."""
     return partition_indices(
-        _dataset(config).y_train.numpy(),
+        dataset(config).y_train.numpy(),
         num_partitions,
         config.partitioner,
         config.seed,
@@ -97,83 +97,30 @@ def partitions(config: RunConfig, num_partitions: int) -> list[np.ndarray]:
 @functools.lru_cache(maxsize=2)
 def test_data(config: RunConfig) -> tuple[Tensor, Tensor]:
     """The normalized test set on the compute device, cached per process."""
-    data = _dataset(config)
+    data = dataset(config)
     return data.normalized(data.x_test).to(device()), data.y_test.to(device())
 
 
 def new_model(config: RunConfig) -> nn.Module:
     """A freshly initialized model for the run's dataset, on the compute device."""
-    data = _dataset(config)
+    data = dataset(config)
     model = build_model(config.model, data.num_classes, config.norm, data.channels, data.image_size)
     return model.to(device())
 
 
 @functools.lru_cache(maxsize=2)
-def _client_model(config: RunConfig) -> nn.Module:
+def client_model(config: RunConfig) -> nn.Module:
+    """The model this process trains its clients in (loaded with each client's state in turn)."""
     return new_model(config)
 
 
 @functools.lru_cache(maxsize=2)
 def norm_keys(config: RunConfig) -> frozenset[str]:
     """State-dict keys of the model's norm layers (selected by module type): what FedBN keeps local."""
-    model = _client_model(config)
+    model = client_model(config)
     return frozenset(
         f"{name}.{key}" for name, module in model.named_modules() if is_norm(module) for key in module.state_dict()
     )
-
-
-def run_problems(config: RunConfig, num_partitions: int = 0) -> list[str]:
-    """What would make a run fail, found before it starts: the dataset does not load, the norm does
-    not fit the model or the data, out-dir, checkpoint or init-model do not fit the run, the clients
-    would get no data or batch sizes larger than every partition. ``num_partitions=0`` skips the
-    partition checks."""
-    try:
-        data = _dataset(config)
-    except (FileNotFoundError, ValueError) as error:
-        return [f"dataset = {config.dataset!r}: {error}"]
-    try:
-        model = new_model(config).eval()
-        with torch.no_grad():
-            model(torch.zeros(2, data.channels, data.image_size, data.image_size, device=device()))
-    except ValueError as error:
-        return [f"norm = {config.norm!r} does not fit model {config.model!r} on {config.dataset}: {error}"]
-    try:
-        check_restore(config, model)
-    except (FileNotFoundError, ValueError) as error:
-        return [str(error)]
-    if not num_partitions:
-        return []
-    examples = len(data.y_train)
-    if num_partitions > examples:
-        return [f"{num_partitions} clients but {config.dataset} has {examples} training examples; use fewer clients"]
-    try:
-        largest = max(len(indices) for indices in partitions(config, num_partitions))
-    except ValueError as error:
-        return [f"partitioner = {config.partitioner!r}: {error}"]
-    if min(config.batch_sizes) > largest:
-        return [
-            f"batch-sizes = {','.join(map(str, config.batch_sizes))}: all larger than every client's partition "
-            f"(at most {largest} examples with {num_partitions} clients); use smaller batch sizes"
-        ]
-    return []
-
-
-def client_statistics(
-    config: RunConfig, state: dict[str, Tensor], partition_id: int, num_partitions: int, layer: str
-) -> tuple[dict[str, Tensor], int]:
-    """The sums of :func:`fedhn.calibration.layer_sums` of ``layer``'s input under the global ``state``
-    over the client's whole partition, and its number of examples."""
-    data = client_data(config, partition_id, num_partitions)
-    model = _client_model(config)
-    model.load_state_dict(state)
-    return layer_sums(model, data.images, layer, config.eval_batch_size), len(data.labels)
-
-
-def round_lr(config: RunConfig, server_round: int) -> float:
-    """The round's base learning rate (before batch-size scaling)."""
-    if config.lr_schedule == "cosine":
-        return config.lr * 0.5 * (1 + math.cos(math.pi * (server_round - 1) / config.num_server_rounds))
-    return config.lr
 
 
 def train_client(
@@ -182,23 +129,25 @@ def train_client(
     partition_id: int,
     num_partitions: int,
     server_round: int,
+    lr: float,
     local_state: dict[str, Tensor] | None = None,
 ) -> tuple[dict[str, Tensor], TrainResult]:
     """One client's round: load the global ``state`` (then ``local_state`` over it, e.g. FedBN's
-    norm layers), train on the partition, return the new state and what training did."""
+    norm layers), train on the partition with the round's base learning rate ``lr`` (scaled to the
+    client's batch size by ``lr-scaling``), return the new state and what training did."""
     data = client_data(config, partition_id, num_partitions)
-    model = _client_model(config)
+    model = client_model(config)
     model.load_state_dict(state)
     if local_state:
         model.load_state_dict(local_state, strict=False)
-    generator = torch.Generator().manual_seed(hash((config.seed, partition_id, server_round)) % 2**63)
+    generator = torch_generator("train", config.seed, partition_id, server_round)
     result = train(
         model,
         data.images,
         data.labels,
         batch_size=data.batch_size,
         epochs=config.local_epochs,
-        lr=client_lr(round_lr(config, server_round), data.batch_size, config.lr_scaling),
+        lr=client_lr(lr, data.batch_size, config.lr_scaling),
         momentum=config.momentum,
         weight_decay=config.weight_decay,
         generator=generator,

@@ -14,8 +14,8 @@ import tomli_w
 from flwr.common.config import parse_config_args
 
 from fedhn.app.config import ConfigError, RunConfig, load_app_defaults
+from fedhn.app.preflight import run_problems
 from fedhn.app.results import METRICS_FILE, RunResults, read_results
-from fedhn.app.task import run_problems
 from fedhn.launch.report import write_report
 from fedhn.launch.superlink import FlowerConnection, FlowerError, LocalSuperLink
 

@@ -1,0 +1,55 @@
+"""The federation's nodes as the ServerApp sees them: which partition each holds, and the gist of
+their errors.
+
+Node ids are random per run, so reproducible client sampling orders the nodes by the partition
+they hold, which each node reports once to a ``query.partition`` message.
+"""
+
+from __future__ import annotations
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+__all__ = ["PartitionDirectory", "error_summary"]
+
+_UNKNOWN = 1 << 62  # sorts nodes that did not answer last
+
+
+class PartitionDirectory:
+    """node id -> partition id, learned by asking each node once."""
+
+    def __init__(self, timeout: float = 60.0) -> None:
+        self.timeout = timeout
+        self.partition_of: dict[int, int] = {}
+
+    def order(self, grid: Grid) -> list[int]:
+        """The connected nodes by (partition, node id), asking nodes not seen before."""
+        nodes = list(grid.get_node_ids())
+        self._learn(grid, [node for node in nodes if node not in self.partition_of])
+        return sorted(nodes, key=lambda node: (self.partition_of.get(node, _UNKNOWN), node))
+
+    def label(self, node: int) -> str:
+        """``client <partition> (node <id>)``, or ``node <id>`` while its partition is unknown."""
+        partition = self.partition_of.get(node)
+        return f"node {node}" if partition is None else f"client {partition} (node {node})"
+
+    def _learn(self, grid: Grid, nodes: list[int]) -> None:
+        if not nodes:
+            return
+        query = RecordDict({"config": ConfigRecord({"query": "partition-id"})})
+        messages = [
+            Message(content=query, dst_node_id=node, message_type=f"{MessageType.QUERY}.partition") for node in nodes
+        ]
+        for reply in grid.send_and_receive(messages, timeout=self.timeout):
+            if not reply.has_error() and reply.content.metric_records:
+                metrics = next(iter(reply.content.metric_records.values()))
+                self.partition_of[reply.metadata.src_node_id] = int(metrics["partition-id"])
+
+
+def error_summary(reason: str, limit: int = 300) -> str:
+    """The gist of a client error: Flower's Ray backend wraps the exception's message in a traceback
+    (``... Message: <the message>'>``)."""
+    lines = reason.strip().splitlines() or [""]
+    text = reason.rsplit("Message: ", 1)[-1] if "Message: " in reason else lines[-1]
+    text = text.strip().rstrip("'>").strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -39,6 +39,7 @@ from fedhn.app.results import MODEL_FILE, RunResults, read_results
 from fedhn.app.task import client_data, new_model, test_data
 from fedhn.calibration import calibrate, calibrated_layers
 from fedhn.launch.compare import run_label
+from fedhn.plotting import pyplot
 from fedhn.training import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -332,11 +333,7 @@ def _delta(values: Sequence[float]) -> str:
 
 
 def _axes(count: int):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, axes = plt.subplots(1, count, figsize=(4.2 * count, 3.4), sharey=True, squeeze=False)
     return plt, figure, axes[0]
 

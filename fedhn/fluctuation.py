@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedhn.data import ImageData
 from fedhn.models import build_model
 from fedhn.norms import is_norm, parse_pixel_set
 from fedhn.norms.functional import set_moments
-from fedhn.training import client_lr, epoch_batches, evaluate, sgd
+from fedhn.plotting import pyplot
+from fedhn.training import client_lr, epoch_batches, evaluate, train
 
 __all__ = [
     "STATISTICS",
@@ -137,6 +137,10 @@ class StatisticsRecorder:
 
         return record
 
+    def advance(self) -> None:
+        """Move on to the next training step."""
+        self.step += 1
+
     def remove(self) -> None:
         """Detach the hooks."""
         for handle in self._handles:
@@ -165,19 +169,21 @@ def record_statistics(
     batches_per_epoch = len(epoch_batches(len(images), batch_size, torch.Generator()))
     steps = min(epochs * batches_per_epoch, max_steps or math.inf)
     step_lr = client_lr(lr, batch_size, "linear")
-    optimizer = sgd(model, step_lr, momentum, weight_decay, device)
     recorder = StatisticsRecorder(model, neurons, steps)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
     start = time.perf_counter()
-    while recorder.step < steps:
-        for index in epoch_batches(len(images), batch_size, generator)[: steps - recorder.step]:
-            index = index.to(device)
-            loss = F.cross_entropy(model(images[index]), labels[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            recorder.step += 1
+    train(
+        model,
+        images,
+        labels,
+        batch_size=batch_size,
+        epochs=epochs,
+        lr=step_lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        generator=torch.Generator().manual_seed(seed),
+        max_steps=steps,
+        after_step=recorder.advance,
+    )
     series = recorder.series.cpu().numpy()
     seconds = time.perf_counter() - start
     recorder.remove()
@@ -210,18 +216,9 @@ def fluctuation_table(runs: Sequence[FluctuationRun], neurons: Sequence[Neuron],
     return "\n".join(lines) + "\n"
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_fluctuation(runs: Sequence[FluctuationRun], neurons: Sequence[Neuron], last_steps: int, path: Path) -> Path:
     """Figure 6: bars of each statistic's fluctuation per neuron, one panel per batch size."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.6), sharey=True, squeeze=False)
     width = 0.8 / len(STATISTICS)
     positions = np.arange(len(neurons))
@@ -242,7 +239,7 @@ def plot_fluctuation(runs: Sequence[FluctuationRun], neurons: Sequence[Neuron], 
 
 def plot_evolution(runs: Sequence[FluctuationRun], neurons: Sequence[Neuron], last_steps: int, path: Path) -> Path:
     """Figure 7: per neuron (rows) and batch size, BN_mean vs EN_mean and BN_std vs EN_std over the last steps."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(
         len(neurons), 2 * len(runs), figsize=(3.2 * 2 * len(runs), 2.2 * len(neurons)), squeeze=False
     )

@@ -72,8 +72,11 @@ def train(
     generator: torch.Generator,
     augment: Callable[[Tensor], Tensor] | None = None,
     fused: bool | None = None,
+    max_steps: int | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place with SGD on (normalized) ``images`` for ``epochs`` epochs.
+    """Train ``model`` in place with SGD on (normalized) ``images`` for ``epochs`` epochs (stopping
+    after ``max_steps`` steps if given), calling ``after_step()`` after every optimizer step.
 
     Data and model stay on the device of ``images``; the loss is accumulated on the device and read
     once at the end (no host sync per step). SGD runs as one fused kernel over all parameters on CPU
@@ -83,10 +86,11 @@ def train(
     model.train()
     optimizer = sgd(model, lr, momentum, weight_decay, images.device, fused)
     total_loss = torch.zeros((), device=images.device)
-    steps = 0
+    steps = examples = 0
     for _ in range(epochs):
         epoch_images = augment(images) if augment is not None else images
-        for index in epoch_batches(len(images), batch_size, generator):
+        batches = epoch_batches(len(images), batch_size, generator)
+        for index in batches if max_steps is None else batches[: max_steps - steps]:
             index = index.to(images.device)
             loss = F.cross_entropy(model(epoch_images[index]), labels[index])
             optimizer.zero_grad(set_to_none=True)
@@ -94,10 +98,15 @@ def train(
             optimizer.step()
             total_loss += loss.detach()
             steps += 1
+            examples += len(index)
+            if after_step is not None:
+                after_step()
+        if steps == max_steps:
+            break
     mean_loss = float(total_loss) / steps
     if not math.isfinite(mean_loss):
         raise FloatingPointError(f"training diverged (mean loss {mean_loss}); lower lr")
-    return TrainResult(mean_loss, steps, len(images) * epochs, min(batch_size, len(images)))
+    return TrainResult(mean_loss, steps, examples, min(batch_size, len(images)))
 
 
 @torch.no_grad()

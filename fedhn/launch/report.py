@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedhn.app.results import RunResults
+from fedhn.plotting import pyplot
 
 __all__ = ["summary_table", "plot_accuracy", "write_report"]
 
@@ -36,12 +37,9 @@ def summary_table(runs: Sequence[RunResults], failed: dict[str, str] | None = No
 
 def plot_accuracy(runs: Sequence[RunResults], path: Path, title: str = "") -> Path:
     """Test accuracy per round, one line per run."""
-    import matplotlib
     import matplotlib.ticker
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(6.4, 4.2))
     for run in runs:
         axes.plot([r["round"] for r in run.rounds], run.accuracies, marker="o", markersize=3, label=_label(run))

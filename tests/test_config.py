@@ -43,7 +43,7 @@ def test_integers_are_accepted_for_floats(defaults):
         ({"fraction-train": 1.5}, ["fraction-train = 1.5: must be in (0.0, 1.0]"]),
         ({"batch-sizes": "2,x"}, ["batch-sizes = '2,x': expected int values separated by commas, e.g. '2,4,8"]),
         ({"batch-sizes": "0,2"}, ["every batch size must be >= 1"]),
-        ({"batch-sizes": ""}, ["give at least one"]),
+        ({"batch-sizes": ""}, ["batch-sizes = '': give at least one batch size"]),
         ({"batch-sizes": 8}, ["batch-sizes = 8: expected str"]),
         ({"fault-kinds": "nan,crash"}, ["unknown fault kinds ['crash']"]),
         ({"resume": True}, ["resume = true needs out-dir"]),

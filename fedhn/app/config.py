@@ -93,15 +93,17 @@ def _norm(value: str) -> str | None:
 
 
 def _batch_sizes(sizes: tuple[int, ...]) -> str | None:
-    return None if sizes and min(sizes) >= 1 else "give at least one; every batch size must be >= 1"
+    if not sizes:
+        return "give at least one batch size"
+    return None if min(sizes) >= 1 else "every batch size must be >= 1"
 
 
 @dataclass(frozen=True)
 class Key:
     """One run-config key, as its :class:`RunConfig` field declares it.
 
-    The type is ``str``, ``int``, ``float``, ``bool`` or ``tuple[<one of those>, ...]``; a tuple is
-    written in the run config as its items separated by commas.
+    The type is ``str``, ``int``, ``float``, ``bool``, or a tuple of ``str``, ``int`` or ``float``
+    (``tuple[int, ...]``) written in the run config as its items separated by commas.
     """
 
     name: str

@@ -8,11 +8,18 @@ from fedhn.app.config import KEYS, ConfigError, RunConfig
 from tests.conftest import PROJECT
 
 
-def test_pyproject_defaults_are_a_valid_config_with_every_key(defaults):
-    assert set(defaults) == set(KEYS)
-    config = RunConfig.from_mapping(defaults)
-    assert config.batch_sizes == (2, 4, 8, 16, 32, 64, 128)
+def test_pyproject_defaults_are_the_tables_defaults(defaults):
+    assert list(defaults) == list(KEYS)
+    assert defaults == RunConfig().to_dict()
+    assert RunConfig.from_mapping(defaults) == RunConfig()
+
+
+def test_comma_separated_keys_parse_to_tuples_and_back(defaults):
+    config = RunConfig.from_mapping(defaults | {"batch-sizes": "2, 4,8", "fault-kinds": "nan,hang"})
+    assert config.batch_sizes == (2, 4, 8) and config.fault_kinds == ("nan", "hang")
+    assert config.to_dict()["batch-sizes"] == "2,4,8" and config.to_dict()["fault-kinds"] == "nan,hang"
     assert RunConfig.from_mapping(config.to_dict()) == config
+    assert RunConfig.from_mapping(defaults | {"fault-kinds": ""}).fault_kinds == ()
 
 
 def test_integers_are_accepted_for_floats(defaults):
@@ -34,8 +41,12 @@ def test_integers_are_accepted_for_floats(defaults):
         ({"num-server-rounds": "ten"}, ["num-server-rounds = 'ten': expected int"]),
         ({"num-server-rounds": 0}, ["must be >= 1"]),
         ({"fraction-train": 1.5}, ["fraction-train = 1.5: must be in (0.0, 1.0]"]),
-        ({"batch-sizes": "2,x"}, ["positive integers separated by commas"]),
+        ({"batch-sizes": "2,x"}, ["batch-sizes = '2,x': expected int values separated by commas, e.g. '2,4,8"]),
         ({"batch-sizes": "0,2"}, ["every batch size must be >= 1"]),
+        ({"batch-sizes": ""}, ["batch-sizes = '': give at least one batch size"]),
+        ({"batch-sizes": 8}, ["batch-sizes = 8: expected str"]),
+        ({"fault-kinds": "nan,crash"}, ["unknown fault kinds ['crash']"]),
+        ({"resume": True}, ["resume = true needs out-dir"]),
         ({"seed": True}, ["seed = True: expected int"]),
     ],
 )

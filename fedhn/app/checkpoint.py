@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fedhn.app.config import RunConfig
+from fedhn.app.config import KEYS, RunConfig
 from fedhn.app.results import METRICS_FILE, atomic_write, truncate_metrics
 
 __all__ = [
@@ -36,8 +36,8 @@ __all__ = [
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = "fedhn-checkpoint-1"
-# Keys that may differ between a run and its resumption.
-RESUMABLE_CHANGES = {"resume", "num-server-rounds", "round-timeout", "fault-rate", "fault-kinds", "out-dir", "data-dir"}
+# Keys that may differ between a run and its resumption (declared resumable in RunConfig).
+RESUMABLE_CHANGES = frozenset(name for name, key in KEYS.items() if key.resumable)
 
 
 @dataclass(frozen=True)

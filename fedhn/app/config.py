@@ -1,8 +1,10 @@
-"""The run configuration: one table of keys, parsed once at the edge into a typed :class:`RunConfig`.
+"""The run configuration: :class:`RunConfig`'s fields are the one table of run-config keys.
 
-Defaults live in ``pyproject.toml`` (``[tool.flwr.app.config]``), where Flower reads them; every
-key is validated here with errors that name the key, the bad value, what is allowed and the
-nearest valid key.
+Each field declares its key once: the kebab-case name (from the field name), the type, the default,
+the meaning (Markdown, as the README and ``fedhn config`` show it), the check and whether a resumed
+run may change it. ``pyproject.toml`` (``[tool.flwr.app.config]``) repeats the defaults, where
+Flower reads them (a test keeps the two equal). Every key is validated here with errors that name
+the key, the bad value, what is allowed and the nearest valid key.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from __future__ import annotations
 import difflib
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 from fedhn.app.faults import FAULT_KINDS
 from fedhn.data import DATASETS
@@ -20,7 +22,10 @@ from fedhn.models import model_names
 from fedhn.norms import parse_spec
 from strategies import STATS_AGGREGATIONS
 
-__all__ = ["ConfigError", "RunConfig", "KEYS", "load_app_defaults", "resolve_run_config"]
+__all__ = ["ConfigError", "RunConfig", "Key", "KEYS", "load_app_defaults", "markdown_table", "resolve_run_config"]
+
+Check = Callable[[Any], str | None]
+"""A check of a parsed value: ``None`` if it is valid, else what is wrong with it."""
 
 
 class ConfigError(ValueError):
@@ -32,7 +37,7 @@ class ConfigError(ValueError):
         return cls("Invalid run config:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def _choice(*allowed: str) -> Callable[[Any], str | None]:
+def _choice(*allowed: str) -> Check:
     def check(value: str) -> str | None:
         if value in allowed:
             return None
@@ -42,20 +47,19 @@ def _choice(*allowed: str) -> Callable[[Any], str | None]:
     return check
 
 
-def _at_least(low: float) -> Callable[[Any], str | None]:
+def _at_least(low: float) -> Check:
     return lambda value: None if value >= low else f"must be >= {low}"
 
 
-def _between(low: float, high: float) -> Callable[[Any], str | None]:
+def _between(low: float, high: float) -> Check:
     return lambda value: None if low <= value <= high else f"must be in [{low}, {high}]"
 
 
-def _in_range(low: float, high: float) -> Callable[[Any], str | None]:
+def _in_range(low: float, high: float) -> Check:
     return lambda value: None if low < value <= high else f"must be in ({low}, {high}]"
 
 
-def _fault_kinds(value: str) -> str | None:
-    kinds = [kind.strip() for kind in value.split(",") if kind.strip()]
+def _fault_kinds(kinds: tuple[str, ...]) -> str | None:
     unknown = sorted(set(kinds) - set(FAULT_KINDS))
     return (
         f"unknown fault kinds {unknown}; use a comma-separated subset of {', '.join(FAULT_KINDS)}" if unknown else None
@@ -88,93 +92,174 @@ def _norm(value: str) -> str | None:
     return None
 
 
-def _batch_sizes(value: str) -> str | None:
-    try:
-        sizes = [int(part) for part in value.split(",")]
-    except ValueError:
-        return "write positive integers separated by commas, e.g. '2,4,8,16,32,64,128'"
-    return None if sizes and min(sizes) >= 1 else "every batch size must be >= 1"
+def _batch_sizes(sizes: tuple[int, ...]) -> str | None:
+    if not sizes:
+        return "give at least one batch size"
+    return None if min(sizes) >= 1 else "every batch size must be >= 1"
 
 
 @dataclass(frozen=True)
 class Key:
-    """One run-config key: its type, its check and what it means."""
+    """One run-config key, as its :class:`RunConfig` field declares it.
 
-    kind: type
+    The type is ``str``, ``int``, ``float``, ``bool``, or a tuple of ``str``, ``int`` or ``float``
+    (``tuple[int, ...]``) written in the run config as its items separated by commas.
+    """
+
+    name: str
+    attribute: str
+    type: Any
+    default: Any
     help: str
-    check: Callable[[Any], str | None] | None = None
+    check: Check | None
+    resumable: bool
+
+    @classmethod
+    def of(cls, declared: Field[Any], annotation: Any) -> Key:
+        """The key of a :class:`RunConfig` field with its resolved type annotation."""
+        meta = declared.metadata
+        return cls(
+            name=declared.name.replace("_", "-"),
+            attribute=declared.name,
+            type=annotation,
+            default=declared.default,
+            help=meta["help"],
+            check=meta["check"],
+            resumable=meta["resumable"],
+        )
+
+    def parse(self, value: Any) -> Any:
+        """The field value of run-config value ``value``.
+
+        Raises:
+            ValueError: what is wrong with the value (wrong type or failed check), without the key.
+        """
+        if get_origin(self.type) is tuple:
+            if not isinstance(value, str):
+                raise ValueError(f"expected str ({self.help})")
+            item = get_args(self.type)[0]
+            try:
+                parsed = tuple(item(part.strip()) for part in value.split(",") if part.strip())
+            except ValueError:
+                raise ValueError(
+                    f"expected {item.__name__} values separated by commas, e.g. {self.unparse(self.default)!r}"
+                ) from None
+        elif self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            parsed = float(value)
+        elif isinstance(value, self.type) and not (self.type is int and isinstance(value, bool)):
+            parsed = value
+        else:
+            raise ValueError(f"expected {self.type.__name__} ({self.help})")
+        problem = self.check(parsed) if self.check else None
+        if problem:
+            raise ValueError(problem)
+        return parsed
+
+    def unparse(self, value: Any) -> Any:
+        """The run-config value of field value ``value`` (the inverse of :meth:`parse`)."""
+        return ",".join(map(str, value)) if get_origin(self.type) is tuple else value
 
 
-KEYS: dict[str, Key] = {
-    "dataset": Key(str, "digits | cifar10 | cifar100 | mnist | fashion-mnist | path to a .npz", _dataset),
-    "data-dir": Key(str, "where torchvision datasets are stored (and downloaded where there is internet)"),
-    "model": Key(str, "resnet8 | resnet20 | resnet18 | mlp | a torchvision model (tv_<name>)", _model),
-    "norm": Key(str, "a norm spec: a preset (bn, gn_g8, hn, sn, ...) or mean=<sets>,std=<sets>", _norm),
-    "num-server-rounds": Key(int, "number of federated rounds", _at_least(1)),
-    "fraction-train": Key(float, "fraction of the clients sampled each round", _in_range(0.0, 1.0)),
-    "min-train-nodes": Key(int, "fewest clients a round trains and aggregates", _at_least(1)),
-    "local-epochs": Key(int, "epochs each client trains per round", _at_least(1)),
-    "batch-sizes": Key(str, "batch sizes handed to the clients, e.g. '2,4,8,16,32,64,128'", _batch_sizes),
-    "batch-size-assignment": Key(
-        str, "cycle (client i gets size i mod len) | random (seeded)", _choice("cycle", "random")
-    ),
-    "lr": Key(float, "learning rate at batch size 128", _at_least(0.0)),
-    "lr-scaling": Key(str, "linear (lr * b / 128 per client) | none", _choice("linear", "none")),
-    "lr-schedule": Key(str, "constant | cosine (over rounds)", _choice("constant", "cosine")),
-    "momentum": Key(float, "SGD momentum", _at_least(0.0)),
-    "weight-decay": Key(float, "SGD weight decay", _at_least(0.0)),
-    "augment": Key(str, "auto (crop+flip for CIFAR) | crop-flip | none", _choice("auto", "crop-flip", "none")),
-    "partitioner": Key(str, "iid | dirichlet | pathological", _choice("iid", "dirichlet", "pathological")),
-    "dirichlet-alpha": Key(float, "concentration of the Dirichlet partitioner", _at_least(1e-6)),
-    "classes-per-partition": Key(int, "classes per client of the pathological partitioner", _at_least(1)),
-    "stats-aggregation": Key(str, "pooled | mean | local (FedBN)", _choice(*STATS_AGGREGATIONS)),
-    "eval-batch-size": Key(int, "batch size of the server's evaluation", _at_least(1)),
-    "seed": Key(int, "seed of partitions, batch sizes, initialization, sampling and shuffling"),
-    "out-dir": Key(str, "results directory ('' = outputs/<time>-<model>-<norm>)"),
-    "resume": Key(bool, "continue the run in out-dir from its last checkpoint"),
-    "init-model": Key(str, "a state_dict file (e.g. a model.pt) to start from ('' = random initialization)"),
-    "round-timeout": Key(float, "seconds the server waits for the replies of a round", _at_least(1.0)),
-    "fault-rate": Key(float, "probability that a client injects a fault in a round (tests, demos)", _between(0.0, 1.0)),
-    "fault-kinds": Key(str, "faults to inject: a comma-separated subset of raise, nan, hang", _fault_kinds),
-    "calibrate-stats": Key(bool, "replace the running statistics by the exact ones of the clients' data"),
-    "calibrate-every": Key(int, "with calibrate-stats: every k rounds (0 = after the last round only)", _at_least(0)),
-}
+def _key(default: Any, help: str, check: Check | None = None, *, resumable: bool = False) -> Any:
+    """Declare a :class:`RunConfig` field: its default, meaning, check and whether a resumed run may change it."""
+    return field(default=default, metadata={"help": help, "check": check, "resumable": resumable})
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """A validated run configuration (field ``x_y`` is run-config key ``x-y``)."""
+    """A validated run configuration (field ``x_y`` is run-config key ``x-y``); ``RunConfig()`` holds the defaults."""
 
-    dataset: str
-    data_dir: str
-    model: str
-    norm: str
-    num_server_rounds: int
-    fraction_train: float
-    min_train_nodes: int
-    local_epochs: int
-    batch_sizes: tuple[int, ...]
-    batch_size_assignment: str
-    lr: float
-    lr_scaling: str
-    lr_schedule: str
-    momentum: float
-    weight_decay: float
-    augment: str
-    partitioner: str
-    dirichlet_alpha: float
-    classes_per_partition: int
-    stats_aggregation: str
-    eval_batch_size: int
-    seed: int
-    out_dir: str
-    resume: bool
-    init_model: str
-    round_timeout: float
-    fault_rate: float
-    fault_kinds: tuple[str, ...]
-    calibrate_stats: bool
-    calibrate_every: int
+    dataset: str = _key(
+        "digits",
+        "`digits` (scikit-learn's 8x8 digits, embedded), `cifar10`, `cifar100`, `mnist`, `fashion-mnist` "
+        "(torchvision, in `data-dir`), or a path to a `.npz` with uint8 `x_train` (N,H,W,C), `y_train`, `x_test`, "
+        "`y_test`",
+        _dataset,
+    )
+    data_dir: str = _key(
+        "data",
+        "where torchvision datasets are stored (downloaded where there is internet; offline and absent, a clear "
+        "error names the expected files)",
+        resumable=True,
+    )
+    model: str = _key(
+        "resnet8", "`resnet8`, `resnet20`, `resnet18`, `mlp` or a torchvision model (`tv_<name>`)", _model
+    )
+    norm: str = _key(
+        "hn",
+        "a norm spec: a preset (`bn`, `gn_g8`, `hn`, `sn`, ...) or `mean=<sets>,std=<sets>` (`fedhn norms`)",
+        _norm,
+    )
+    num_server_rounds: int = _key(10, "federated rounds", _at_least(1), resumable=True)
+    fraction_train: float = _key(1.0, "fraction of the clients sampled each round", _in_range(0.0, 1.0))
+    min_train_nodes: int = _key(2, "fewest clients a round samples and fewest valid replies it needs", _at_least(1))
+    local_epochs: int = _key(1, "epochs each client trains per round", _at_least(1))
+    batch_sizes: tuple[int, ...] = _key((2, 4, 8, 16, 32, 64, 128), "client batch sizes, comma-separated", _batch_sizes)
+    batch_size_assignment: str = _key(
+        "cycle", "`cycle`: client i gets `sizes[i mod len]`; `random`: drawn with `seed`", _choice("cycle", "random")
+    )
+    lr: float = _key(0.1, "learning rate at batch size 128", _at_least(0.0))
+    lr_scaling: str = _key(
+        "linear",
+        "`linear`: each client uses `lr * b / 128` (the paper's rule); `none`: every client uses `lr`",
+        _choice("linear", "none"),
+    )
+    lr_schedule: str = _key(
+        "constant", "`constant`, or `cosine`: decays over the rounds", _choice("constant", "cosine")
+    )
+    momentum: float = _key(0.9, "SGD momentum", _at_least(0.0))
+    weight_decay: float = _key(0.0005, "SGD weight decay", _at_least(0.0))
+    augment: str = _key(
+        "auto",
+        "`crop-flip` (pad-4 random crop + flip, batched on tensors), `none`; `auto` = crop-flip for CIFAR-like data",
+        _choice("auto", "crop-flip", "none"),
+    )
+    partitioner: str = _key(
+        "iid",
+        "`iid`, `dirichlet` (`dirichlet-alpha`), `pathological` (`classes-per-partition`), via flwr-datasets",
+        _choice("iid", "dirichlet", "pathological"),
+    )
+    dirichlet_alpha: float = _key(
+        0.5, "concentration of the `dirichlet` partitioner (smaller: more skewed labels)", _at_least(1e-6)
+    )
+    classes_per_partition: int = _key(2, "classes per client of the `pathological` partitioner", _at_least(1))
+    stats_aggregation: str = _key(
+        "pooled",
+        "how running statistics are aggregated: `pooled` (the exact statistics of the union of the clients' data), "
+        "`mean` (the mean of the variances), `local` (FedBN: they stay on the clients)",
+        _choice(*STATS_AGGREGATIONS),
+    )
+    eval_batch_size: int = _key(500, "batch size of the server's evaluation", _at_least(1))
+    seed: int = _key(0, "seed of partitions, batch sizes, initialization, sampling and shuffling")
+    out_dir: str = _key("", "results directory; empty: `outputs/<time>-<model>-<norm>`", resumable=True)
+    resume: bool = _key(False, "continue the run in `out-dir` from its last checkpoint", resumable=True)
+    init_model: str = _key("", "a state_dict file (e.g. a `model.pt`) to start from; empty: a random initialization")
+    round_timeout: float = _key(
+        3600.0,
+        "seconds the server waits for a round's replies; late clients are dropped for that round",
+        _at_least(1.0),
+        resumable=True,
+    )
+    fault_rate: float = _key(
+        0.0,
+        "seeded fault injection for tests and demos: the probability that a client fails in a round",
+        _between(0.0, 1.0),
+        resumable=True,
+    )
+    fault_kinds: tuple[str, ...] = _key(
+        FAULT_KINDS,
+        f"how injected faults fail: a comma-separated subset of {', '.join(f'`{kind}`' for kind in FAULT_KINDS)}",
+        _fault_kinds,
+        resumable=True,
+    )
+    calibrate_stats: bool = _key(
+        False,
+        "federated precise statistics: after the last round, the server replaces the running statistics by the "
+        "exact ones of the clients' data",
+    )
+    calibrate_every: int = _key(
+        0, "with `calibrate-stats`: also every k rounds (0 = after the last round only)", _at_least(0)
+    )
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> RunConfig:
@@ -184,40 +269,48 @@ class RunConfig:
             ConfigError: one message listing every unknown, missing, mistyped or invalid key.
         """
         problems = []
-        for key in mapping:
-            if key not in KEYS:
-                nearest = difflib.get_close_matches(key, list(KEYS), n=1, cutoff=0.5)
+        for name in mapping:
+            if name not in KEYS:
+                nearest = difflib.get_close_matches(name, list(KEYS), n=1, cutoff=0.5)
                 hint = f"; nearest valid key: {nearest[0]!r}" if nearest else f"; valid keys: {', '.join(KEYS)}"
-                problems.append(f"unknown key {key!r}{hint}")
+                problems.append(f"unknown key {name!r}{hint}")
         values = {}
-        for key, spec in KEYS.items():
-            if key not in mapping:
-                problems.append(f"missing key {key!r} ({spec.help})")
+        for name, key in KEYS.items():
+            if name not in mapping:
+                problems.append(f"missing key {name!r} ({key.help})")
                 continue
-            value = mapping[key]
-            if spec.kind is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if not isinstance(value, spec.kind) or (spec.kind is int and isinstance(value, bool)):
-                problems.append(f"{key} = {value!r}: expected {spec.kind.__name__} ({spec.help})")
-                continue
-            problem = spec.check(value) if spec.check else None
-            if problem:
-                problems.append(f"{key} = {value!r}: {problem}")
-            values[key] = value
-        if values.get("resume") and not values.get("out-dir"):
+            try:
+                values[key.attribute] = key.parse(mapping[name])
+            except ValueError as problem:
+                problems.append(f"{name} = {mapping[name]!r}: {problem}")
+        if values.get("resume") and not values.get("out_dir"):
             problems.append("resume = true needs out-dir: the directory of the run to continue")
         if problems:
             raise ConfigError.listing(problems)
-        values["batch-sizes"] = tuple(int(part) for part in values["batch-sizes"].split(","))
-        values["fault-kinds"] = tuple(kind.strip() for kind in values["fault-kinds"].split(",") if kind.strip())
-        return cls(**{f.name: values[f.name.replace("_", "-")] for f in fields(cls)})
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         """The flat run config (kebab-case keys), as Flower and config.json hold it."""
-        flat = {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
-        flat["batch-sizes"] = ",".join(map(str, self.batch_sizes))
-        flat["fault-kinds"] = ",".join(self.fault_kinds)
-        return flat
+        return {name: key.unparse(getattr(self, key.attribute)) for name, key in KEYS.items()}
+
+
+_TYPES = get_type_hints(RunConfig)
+KEYS: dict[str, Key] = {key.name: key for key in (Key.of(f, _TYPES[f.name]) for f in fields(RunConfig))}
+"""Every run-config key by name, in :class:`RunConfig`'s field order."""
+
+
+def _markdown_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f"`{value}`" if value else '`""`'
+    return str(value)
+
+
+def markdown_table() -> str:
+    """The keys as the README's Markdown table: one row per key, with its default and meaning."""
+    rows = [f"| `{name}` | {_markdown_value(key.unparse(key.default))} | {key.help} |" for name, key in KEYS.items()]
+    return "\n".join(["| key | default | meaning |", "|---|---|---|", *rows])
 
 
 def load_app_defaults(app_dir: str | Path) -> dict[str, Any]:

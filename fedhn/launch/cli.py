@@ -51,6 +51,14 @@ def norms() -> None:
 
 
 @app.command()
+def config() -> None:
+    """Print the run-config keys with their defaults and meanings, as the README's Markdown table."""
+    from fedhn.app.config import markdown_table
+
+    typer.echo(markdown_table())
+
+
+@app.command()
 def compare(
     norms: Annotated[
         str, typer.Option(help="Comma-separated norm specs; ';' separates specs that contain commas.")

@@ -23,10 +23,11 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from benchmarks.simulation import ACTOR, DRIVER, TreeSampler, load_average, plan, simulate
+from benchmarks.simulation import ACTOR, DRIVER, Sample, TreeSampler, load_average, plan, simulate
 from benchmarks.timing import environment, markdown_table
 from fedhn.app.config import RunConfig
 from fedhn.app.results import METRICS_FILE
@@ -48,7 +49,24 @@ def in_process(config: RunConfig, nodes: int, clients: int) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+HEADER = [
+    "nodes",
+    "flwr run to ServerApp start (s)",
+    "round 1 (s)",
+    "later rounds, median (s)",
+    "in-process compute of the sampled clients (s)",
+    f"CPU-s per later round: {DRIVER}",
+    "actors",
+    "whole tree",
+    "peak PSS (MiB)",
+    "peak RSS sum (MiB)",
+    "processes",
+    f"{DRIVER} PSS at peak (MiB)",
+    "load avg after",
+]
+
+
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds per node count (about 1.5 minutes)")
     parser.add_argument("--nodes", type=int, nargs="+", default=[10, 1000], help="node counts (default 10 1000)")
@@ -60,67 +78,56 @@ def main() -> None:
     args.dataset, args.epochs, args.batch_sizes = "digits", 1, ""
     if args.quick:
         args.rounds = 3
+    return args
 
-    rows, summary, breakdowns = [], [], []
+
+def measure(args: argparse.Namespace, link: LocalSuperLink, out_dir: Path, nodes: int) -> tuple[list[Any], Sample]:
+    """One run with ``nodes`` nodes: a row of :data:`HEADER` and the sample of peak memory."""
+    extra = {"fraction-train": args.sampled / nodes, "min-train-nodes": args.sampled, "partitioner": "iid"}
+    config = plan(args, out_dir, nodes, **extra)
+    compute = in_process(config, nodes, args.sampled)
+    torch.set_num_threads(2)
+    print(f"{nodes} nodes, {args.sampled} sampled per round (load average {load_average()})", flush=True)
+    with TreeSampler(link, Path(config.out_dir) / METRICS_FILE) as sampler:
+        submitted = time.monotonic()
+        run = simulate(link, config, Federation(nodes, 1))
+    first_seen = next(s.time for s in sampler.samples if s.rounds >= 1)
+    startup = first_seen - submitted - run.round_times[0]  # until the ServerApp's clock started
+    _, cpu = sampler.between_rounds(1, args.rounds)
+    later = args.rounds - 1
+    peak = sampler.peak()
+    row = [
+        nodes,
+        f"{startup:.1f}",
+        f"{run.round_times[0]:.1f}",
+        f"{statistics.median(run.steady):.2f}",
+        f"{compute:.3f}",
+        f"{cpu.get(DRIVER, 0.0) / later:.2f}",
+        f"{cpu.get(ACTOR, 0.0) / later:.2f}",
+        f"{sum(cpu.values()) / later:.2f}",
+        f"{peak.pss_mib:.0f}",
+        f"{peak.rss_mib:.0f}",
+        peak.processes,
+        f"{peak.pss_by_kind.get(DRIVER, 0.0):.0f}",
+        load_average(),
+    ]
+    return row, peak
+
+
+def main() -> None:
+    args = arguments()
     with tempfile.TemporaryDirectory(prefix="fedhn-bench-scale-") as scratch, LocalSuperLink(workdir=scratch) as link:
-        for nodes in args.nodes:
-            extra = {"fraction-train": args.sampled / nodes, "min-train-nodes": args.sampled, "partitioner": "iid"}
-            config = plan(args, Path(scratch) / f"nodes-{nodes}", nodes, **extra)
-            compute = in_process(config, nodes, args.sampled)
-            torch.set_num_threads(2)
-            print(f"{nodes} nodes, {args.sampled} sampled per round (load average {load_average()})", flush=True)
-            with TreeSampler(link, Path(config.out_dir) / METRICS_FILE) as sampler:
-                submitted = time.monotonic()
-                run = simulate(link, config, Federation(nodes, 1))
-            first_seen = next(s.time for s in sampler.samples if s.rounds >= 1)
-            startup = first_seen - submitted - run.round_times[0]  # until the ServerApp's clock started
-            _, cpu = sampler.between_rounds(1, args.rounds)
-            later = args.rounds - 1
-            driver, actors = cpu.get(DRIVER, 0.0) / later, cpu.get(ACTOR, 0.0) / later
-            peak = sampler.peak()
-            steady = statistics.median(run.steady)
-            rows.append(
-                [
-                    nodes,
-                    f"{startup:.1f}",
-                    f"{run.round_times[0]:.1f}",
-                    f"{steady:.2f}",
-                    f"{compute:.3f}",
-                    f"{driver:.2f}",
-                    f"{actors:.2f}",
-                    f"{sum(cpu.values()) / later:.2f}",
-                    f"{peak.pss_mib:.0f}",
-                    f"{peak.rss_mib:.0f}",
-                    peak.processes,
-                    f"{peak.pss_by_kind.get(DRIVER, 0.0):.0f}",
-                    load_average(),
-                ]
-            )
-            summary.append(f"{nodes} nodes: {steady:.2f} s/round, peak PSS {peak.pss_mib / 1024:.2f} GiB")
-            kinds = sorted(peak.pss_by_kind.items(), key=lambda item: -item[1])
-            breakdowns.append(f"{nodes} nodes: " + ", ".join(f"{kind} {mib:.0f}" for kind, mib in kinds))
+        runs = [measure(args, link, Path(scratch) / f"nodes-{nodes}", nodes) for nodes in args.nodes]
     print(
         f"\n{args.sampled} clients sampled per round of {args.model}/{args.norm} on digits (iid), "
         f"client-resources-num-cpus=1, {args.rounds} rounds ({environment()})\n"
     )
-    header = [
-        "nodes",
-        "flwr run to ServerApp start (s)",
-        "round 1 (s)",
-        "later rounds, median (s)",
-        "in-process compute of the sampled clients (s)",
-        f"CPU-s per later round: {DRIVER}",
-        "actors",
-        "whole tree",
-        "peak PSS (MiB)",
-        "peak RSS sum (MiB)",
-        "processes",
-        f"{DRIVER} PSS at peak (MiB)",
-        "load avg after",
-    ]
-    print(markdown_table(header, rows))
+    print(markdown_table(HEADER, [row for row, _ in runs]))
     print("\nPSS at the peak by process (MiB), summed over processes of the same kind:")
-    print("\n".join(f"- {line}" for line in breakdowns))
+    for row, peak in runs:
+        kinds = sorted(peak.pss_by_kind.items(), key=lambda item: -item[1])
+        print(f"- {row[0]} nodes: " + ", ".join(f"{kind} {mib:.0f}" for kind, mib in kinds))
+    summary = [f"{row[0]} nodes: {row[3]} s/round, peak PSS {peak.pss_mib / 1024:.2f} GiB" for row, peak in runs]
     print(f"\nsummary: {'; '.join(summary)}")
 
 

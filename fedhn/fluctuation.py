@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ __all__ = [
     "plot_fluctuation",
     "plot_evolution",
     "write_outputs",
+    "study",
 ]
 
 STATISTICS = ("BN_mean", "BN_std", "EN_mean", "EN_std")
@@ -299,3 +301,29 @@ def write_outputs(
         **{f"series_bs{run.batch_size}": run.series for run in runs},
     )
     return text
+
+
+def study(
+    data: ImageData,
+    neurons: Sequence[Neuron],
+    batch_sizes: Sequence[int],
+    recipe: Mapping[str, Any],
+    last_steps: int,
+    out_dir: Path,
+    command: str,
+    echo: Callable[[str], None] = print,
+) -> str:
+    """One :func:`record_statistics` run per batch size with the training ``recipe`` (its keyword
+    arguments but the batch size), then :func:`write_outputs`; return the Markdown."""
+    runs = []
+    for size in batch_sizes:
+        echo(f"Training at batch size {size} ...")
+        runs.append(record_statistics(data, neurons, batch_size=size, **recipe))
+    r = recipe
+    cap = f" capped at {r['max_steps']} steps" if r["max_steps"] else ""
+    title = f"Statistics fluctuation: MLP 4 x 128 with {r['norm']} on {data.name}"
+    setting = (
+        f"SGD, lr {r['lr']} x bs/128, momentum {r['momentum']}, weight decay {r['weight_decay']}, "
+        f"{r['epochs']} epochs{cap}, seed {r['seed']}, on {r['device']}. Command: `{command}`"
+    )
+    return write_outputs(runs, neurons, last_steps, out_dir, title, setting)

@@ -18,19 +18,65 @@ Rules, with weights w_k normalized to sum to 1 (usually the clients' example cou
   is the global counter it received plus its own steps, so the maximum is the longest history.
 
 Floating-point arrays keep their dtype; the arithmetic runs in float64.
+
+The rules are computed from additive sufficient statistics (:class:`Partial`: the total weight,
+sum_k w_k a_k of every array, and sum_k w_k c_k, sum_k w_k c_k^2 of every variance's centers, with
+unnormalized weights; the pooled variance is then (sum_k w_k var_k + sum_k w_k c_k^2) / W - c^2).
+Partials of disjoint sets of clients add up exactly, so a node hosting many clients can send one
+partial instead of every client's state (:func:`partial_aggregate`, :func:`combine_partials`), and
+:func:`aggregate_states` is the same computation over one partial.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-__all__ = ["aggregate_states", "StatsAggregation", "STATS_AGGREGATIONS"]
+__all__ = [
+    "STATS_AGGREGATIONS",
+    "Partial",
+    "StatsAggregation",
+    "aggregate_states",
+    "combine_partials",
+    "partial_aggregate",
+]
 
 StatsAggregation = Literal["pooled", "mean", "local"]
 STATS_AGGREGATIONS: tuple[str, ...] = ("pooled", "mean", "local")
+
+
+@dataclass(frozen=True)
+class Partial:
+    """Additive sufficient statistics of weighted client states (see the module docstring).
+
+    Attributes:
+        weight: W = sum_k w_k.
+        clients: how many states it sums.
+        sums: key -> sum_k w_k a_k (float64) for floating-point arrays, the elementwise maximum for
+            integer arrays (dtype kept).
+        centers: ``running_var`` key -> sum_k w_k c_k (float64); only with ``stats`` other than ``mean``.
+        center_squares: ``running_var`` key -> sum_k w_k c_k^2 (float64), likewise.
+    """
+
+    weight: float
+    clients: int
+    sums: dict[str, np.ndarray]
+    centers: dict[str, np.ndarray]
+    center_squares: dict[str, np.ndarray]
+
+    def __add__(self, other: Partial) -> Partial:
+        if self.sums.keys() != other.sums.keys():
+            raise ValueError(f"partials of different models: keys {sorted(set(self.sums) ^ set(other.sums))[:5]}")
+        sums = {
+            key: np.maximum(value, other.sums[key]) if not _floating(value) else value + other.sums[key]
+            for key, value in self.sums.items()
+        }
+        centers = {key: value + other.centers[key] for key, value in self.centers.items()}
+        squares = {key: value + other.center_squares[key] for key, value in self.center_squares.items()}
+        return Partial(self.weight + other.weight, self.clients + other.clients, sums, centers, squares)
 
 
 def aggregate_states(
@@ -44,6 +90,57 @@ def aggregate_states(
         ValueError: no states, weights that do not match or are not positive, states whose keys or
             shapes differ, an unknown ``stats``, or a ``running_var`` whose center cannot be found.
     """
+    combined = combine_partials([partial_aggregate(states, weights, stats)], stats)
+    return {key: value.astype(np.asarray(states[0][key]).dtype, copy=False) for key, value in combined.items()}
+
+
+def partial_aggregate(
+    states: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float], stats: StatsAggregation = "pooled"
+) -> Partial:
+    """The :class:`Partial` of ``states`` with (unnormalized) ``weights``.
+
+    Raises:
+        ValueError: as :func:`aggregate_states`.
+    """
+    w = _checked_weights(states, weights, stats)
+    sums, centers, squares = {}, {}, {}
+    for key in states[0]:
+        stacked = np.stack([np.asarray(state[key]) for state in states])
+        if not _floating(stacked):
+            sums[key] = np.asarray(stacked.max(axis=0))
+            continue
+        sums[key] = np.tensordot(w, stacked.astype(np.float64), axes=1)
+        if key.endswith("running_var") and stats != "mean":
+            c = np.stack([_variance_centers(state, key) for state in states])
+            centers[key], squares[key] = np.tensordot(w, c, axes=1), np.tensordot(w, c**2, axes=1)
+    return Partial(float(w.sum()), len(states), sums, centers, squares)
+
+
+def combine_partials(partials: Sequence[Partial], stats: StatsAggregation = "pooled") -> dict[str, np.ndarray]:
+    """The aggregated state (float64 arrays, integer arrays as they are) of the clients of ``partials``."""
+    if not partials:
+        raise ValueError("need at least one partial aggregate")
+    total = partials[0]
+    for partial in partials[1:]:
+        total = total + partial
+    result = {}
+    for key, value in total.sums.items():
+        if not _floating(value):
+            result[key] = value
+        elif key in total.centers and stats != "mean":
+            center = total.centers[key] / total.weight
+            result[key] = (value + total.center_squares[key]) / total.weight - center**2
+        else:
+            result[key] = value / total.weight
+    return result
+
+
+def _floating(array: np.ndarray) -> bool:
+    return np.issubdtype(np.asarray(array).dtype, np.floating)
+
+
+def _checked_weights(states: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float], stats: str) -> np.ndarray:
+    """The weights as float64, once ``stats``, the weights and the states' keys and shapes are valid."""
     if stats not in STATS_AGGREGATIONS:
         raise ValueError(f"stats must be one of {', '.join(STATS_AGGREGATIONS)}, got {stats!r}")
     if not states or len(states) != len(weights):
@@ -53,7 +150,6 @@ def aggregate_states(
     w = np.asarray(weights, dtype=np.float64)
     if not np.all(np.isfinite(w)) or np.any(w <= 0):
         raise ValueError(f"weights must be positive and finite, got {list(weights)}")
-    w = w / w.sum()
     keys = list(states[0])
     for index, state in enumerate(states[1:], start=1):
         if list(state) != keys:
@@ -63,24 +159,7 @@ def aggregate_states(
                 raise ValueError(
                     f"{key!r} has shape {np.shape(state[key])} in state {index}, {np.shape(states[0][key])} in state 0"
                 )
-
-    result = {}
-    for key in keys:
-        stacked = np.stack([np.asarray(state[key]) for state in states])
-        if not np.issubdtype(stacked.dtype, np.floating):
-            result[key] = np.asarray(stacked.max(axis=0))
-        elif key.endswith("running_var") and stats != "mean":
-            centers = np.stack([_variance_centers(state, key) for state in states])
-            result[key] = np.asarray(_pooled_variance(stacked, centers, w), dtype=stacked.dtype)
-        else:
-            result[key] = np.asarray(np.tensordot(w, stacked.astype(np.float64), axes=1), dtype=stacked.dtype)
-    return result
-
-
-def _pooled_variance(variances: np.ndarray, centers: np.ndarray, w: np.ndarray) -> np.ndarray:
-    variances, centers = variances.astype(np.float64), centers.astype(np.float64)
-    center = np.tensordot(w, centers, axes=1)
-    return np.tensordot(w, variances + (centers - center) ** 2, axes=1)
+    return w
 
 
 def _variance_centers(state: Mapping[str, np.ndarray], var_key: str) -> np.ndarray:

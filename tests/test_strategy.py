@@ -121,3 +121,42 @@ def test_round_below_the_minimum_ends_the_run_with_the_reasons():
 def test_unknown_stats_aggregation_is_rejected():
     with pytest.raises(ValueError, match="pooled, mean, local"):
         StatsFedAvg(stats_aggregation="median")
+
+
+class ReplyingGrid(FakeGrid):
+    """A Grid whose nodes answer train messages with ``_state(node)`` and ``num-examples`` = node."""
+
+    def send_and_receive(self, messages, timeout=None):
+        return [_reply(m, _state(m.metadata.dst_node_id), {"num-examples": m.metadata.dst_node_id}) for m in messages]
+
+
+def test_start_hands_each_rounds_report_to_evaluate_fn():
+    seen = []
+
+    def after_aggregation(server_round, arrays):
+        return arrays, {"note": server_round}
+
+    def evaluate_fn(server_round, arrays, report):
+        seen.append((server_round, None if report is None else (report.server_round, report.accepted, report.extra)))
+
+    strategy = StatsFedAvg(first_round=4, min_train_nodes=1, fraction_evaluate=0.0, after_aggregation=after_aggregation)
+    arrays = ArrayRecord({key: Array(value) for key, value in GLOBAL.items()})
+    strategy.start(grid=ReplyingGrid(3), initial_arrays=arrays, num_rounds=2, evaluate_fn=evaluate_fn)
+    assert seen == [(3, None), (4, (4, 3, {"note": 4})), (5, (5, 3, {"note": 5}))]
+
+
+def test_seeded_sampling_is_reproducible_and_leaves_the_global_random_state_alone():
+    import random
+
+    def sampled(seed: int, server_round: int) -> list[int]:
+        strategy = StatsFedAvg(sampling_seed=seed, fraction_train=0.3, min_train_nodes=1)
+        arrays = ArrayRecord({key: Array(value) for key, value in GLOBAL.items()})
+        messages = strategy.configure_train(server_round, arrays, ConfigRecord(), FakeGrid(10))
+        return [m.metadata.dst_node_id for m in messages]
+
+    random.seed(123)
+    before = random.getstate()
+    first = sampled(0, 1)
+    assert random.getstate() == before
+    assert len(first) == 3 and first == sampled(0, 1)
+    assert {tuple(sampled(0, r)) for r in range(1, 6)} != {tuple(first)}  # rounds draw differently

@@ -75,3 +75,14 @@ def test_cosine_schedule_decays_to_near_zero(defaults):
     assert round_lr(config, 1) == pytest.approx(0.2)
     assert round_lr(config, 10) < 0.01
     assert round_lr(_config(defaults, lr=0.2), 10) == 0.2
+
+
+def test_clients_train_with_the_lr_the_server_sends(defaults, tiny_npz):
+    config = _config(defaults, dataset=str(tiny_npz), model="mlp", norm="bn", batch_sizes="4", lr=0.5)
+    torch.manual_seed(0)
+    state = {k: v.clone() for k, v in new_model(config).state_dict().items()}
+    frozen, _ = train_client(config, state, 0, 4, server_round=1, lr=0.0)  # lr 0: no parameter moves
+    weight = "features.1.weight"
+    torch.testing.assert_close(frozen[weight], state[weight], rtol=0, atol=0)
+    moved, _ = train_client(config, state, 0, 4, server_round=1, lr=0.5)
+    assert not torch.equal(moved[weight], state[weight])

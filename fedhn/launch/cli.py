@@ -156,7 +156,7 @@ def fluctuation(
 
     from fedhn.app.task import device
     from fedhn.data import load_dataset
-    from fedhn.fluctuation import parse_batch_sizes, parse_neurons, record_statistics, write_outputs
+    from fedhn.fluctuation import parse_batch_sizes, parse_neurons, study
     from fedhn.models import build_model
     from fedhn.norms import is_norm
 
@@ -169,29 +169,8 @@ def fluctuation(
     except (FileNotFoundError, ValueError) as error:
         typer.secho(str(error), fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
-    runs = []
-    for size in sizes:
-        typer.echo(f"Training at batch size {size} ...")
-        runs.append(
-            record_statistics(
-                data,
-                chosen,
-                batch_size=size,
-                epochs=epochs,
-                max_steps=max_steps,
-                lr=lr,
-                momentum=momentum,
-                weight_decay=weight_decay,
-                norm=norm,
-                seed=seed,
-                device=device(),
-            )
-        )
-    title = f"Statistics fluctuation: MLP 4 x 128 with {norm} on {data.name}"
-    setting = (
-        f"SGD, lr {lr} x bs/128, momentum {momentum}, weight decay {weight_decay}, {epochs} epochs"
-        f"{f' capped at {max_steps} steps' if max_steps else ''}, seed {seed}, on {device()}. "
-        f"Command: `fedhn {shlex.join(sys.argv[1:])}`"
-    )
-    text = write_outputs(runs, chosen, last_steps, out.resolve(), title, setting)
+    recipe = dict(epochs=epochs, max_steps=max_steps, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    recipe |= dict(norm=norm, seed=seed, device=device())
+    command = f"fedhn {shlex.join(sys.argv[1:])}"
+    text = study(data, chosen, sizes, recipe, last_steps, out.resolve(), command, typer.echo)
     typer.echo(f"\n{text}\nWrote fluctuation.md, fluctuation.png, evolution.png and statistics.npz to {out}")

@@ -19,7 +19,16 @@ from fedhn.app.results import METRICS_FILE, RunResults, read_results
 from fedhn.launch.report import write_report
 from fedhn.launch.superlink import FlowerConnection, FlowerError, LocalSuperLink
 
-__all__ = ["Federation", "Comparison", "plan_runs", "run_comparison", "run_one", "parse_run_config_args", "run_label"]
+__all__ = [
+    "Federation",
+    "Comparison",
+    "plan_runs",
+    "run_comparison",
+    "run_one",
+    "submit",
+    "parse_run_config_args",
+    "run_label",
+]
 
 LOG_TAIL_LINES = 25
 
@@ -130,6 +139,17 @@ def run_comparison(
     return comparison
 
 
+def submit(
+    connection: FlowerConnection, app_dir: Path, config: RunConfig, federation_config: dict[str, Any] | None = None
+) -> int:
+    """Write the run's ``run-config.toml`` into its out-dir and start it with ``flwr run``; return the run id."""
+    run_dir = Path(config.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = run_dir / "run-config.toml"
+    config_file.write_text(tomli_w.dumps(config.to_dict()))
+    return connection.submit(app_dir, config_file, federation_config)
+
+
 def run_one(
     connection: FlowerConnection,
     app_dir: Path,
@@ -143,16 +163,13 @@ def run_one(
     receives ``run-config.toml``, the results and ``flower.log``. Return why it failed (a reason and
     details such as the log tail), or None."""
     run_dir = Path(config.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_file = run_dir / "run-config.toml"
-    config_file.write_text(tomli_w.dumps(config.to_dict()))
     progress = _Progress(run_dir, label, config.num_server_rounds, echo)
     try:
-        run_id = connection.submit(app_dir, config_file, federation_config)
+        run_id = submit(connection, app_dir, config, federation_config)
     except FlowerError as error:
         return str(error), ""
     try:
-        status = connection.wait(run_id, on_poll=lambda _: progress.update())
+        status = connection.wait(run_id, progress.update)
     except FlowerError as error:
         return str(error), ""
     finally:
@@ -185,7 +202,8 @@ class _Progress:
     def _records(self) -> list[dict[str, Any]]:
         return read_results(self.run_dir).rounds if (self.run_dir / METRICS_FILE).is_file() else []
 
-    def update(self) -> None:
+    def update(self) -> bool:
+        """Echo the rounds recorded since the last call; return whether every round is recorded."""
         for record in self._records():
             if record["round"] <= self.last_round:
                 continue
@@ -197,6 +215,7 @@ class _Progress:
                 + f" ({record['wall_time']:.1f} s)"
             )
             self.last_round = record["round"]
+        return self.last_round >= self.rounds
 
 
 def default_out_dir() -> Path:

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from fedhn.launch.processes import Process, spawn, stop
 from fedhn.launch.superlink import (
@@ -26,9 +25,6 @@ from fedhn.launch.superlink import (
     superlink_command,
     superlink_ready,
 )
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["CONNECTION", "Deployment", "make_certificates", "start"]
 
@@ -164,42 +160,38 @@ def start(
         running.stop()
     state_dir.mkdir(parents=True, exist_ok=True)
     deployment = Deployment(state_dir, port or free_port(), [free_port() for _ in range(nodes)], certificates)
-    security = ["--root-certificates", str(certificates.ca)] if certificates else ["--insecure"]
-
-    def launch(name: str, *command: str) -> None:
-        env = flower_env(state_dir / name)  # a FLWR_HOME of its own, as in its own container
-        deployment.processes.append(spawn(name, command, state_dir / f"{name}.log", workdir.resolve(), env))
-
     try:
-        launch("superlink", *superlink_command(deployment.port, simulation=False, certificates=certificates))
-        _wait(lambda: superlink_ready(deployment.port, certificates and certificates.ca), deployment, timeout)
-        superexec = [flower_bin("flower-superexec"), "--runtime-api-address"]
-        launch("superexec-serverapp", *superexec, deployment.address, *security)
-        for index, node_port in enumerate(deployment.node_ports):
-            launch(
-                f"supernode-{index}",
-                flower_bin("flower-supernode"),
-                "--superlink",
-                deployment.address,
-                *security,
-                "--isolation",
-                "process",
-                "--node-config",
-                f"partition-id={index} num-partitions={nodes}",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(node_port),
-            )
-            launch(f"superexec-clientapp-{index}", *superexec, f"127.0.0.1:{node_port}", "--insecure")
-        connection = deployment.connection
-        connection.configure(deployment.address, certificates and certificates.ca)
-        _wait(lambda: _online(connection) >= nodes, deployment, timeout)
+        _launch(deployment, workdir.resolve(), timeout)
         deployment.save()
     except BaseException:
         deployment.stop()
         raise
     return deployment
+
+
+def _launch(deployment: Deployment, workdir: Path, timeout: float) -> None:
+    """Start the deployment's processes in order, each once the one it connects to answers."""
+    certificates, nodes = deployment.certificates, len(deployment.node_ports)
+    security = ["--root-certificates", str(certificates.ca)] if certificates else ["--insecure"]
+
+    def launch(name: str, *command: str) -> None:
+        env = flower_env(deployment.state_dir / name)  # a FLWR_HOME of its own, as in its own container
+        deployment.processes.append(spawn(name, command, deployment.state_dir / f"{name}.log", workdir, env))
+
+    launch("superlink", *superlink_command(deployment.port, simulation=False, certificates=certificates))
+    _wait(lambda: superlink_ready(deployment.port, certificates and certificates.ca), deployment, timeout)
+    superexec = [flower_bin("flower-superexec"), "--runtime-api-address"]
+    launch("superexec-serverapp", *superexec, deployment.address, *security)
+    for index, node_port in enumerate(deployment.node_ports):
+        node = ["--superlink", deployment.address, *security, "--isolation", "process"]
+        node += ["--node-config", f"partition-id={index} num-partitions={nodes}"]
+        launch(
+            f"supernode-{index}", flower_bin("flower-supernode"), *node, "--host", "127.0.0.1", "--port", str(node_port)
+        )
+        launch(f"superexec-clientapp-{index}", *superexec, f"127.0.0.1:{node_port}", "--insecure")
+    connection = deployment.connection
+    connection.configure(deployment.address, certificates and certificates.ca)
+    _wait(lambda: _online(connection) >= nodes, deployment, timeout)
 
 
 def _online(connection: FlowerConnection) -> int:

@@ -13,6 +13,7 @@ run fails, so the run's status comes from ``flwr ls``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -186,16 +187,28 @@ class FlowerConnection:
         """Raise :class:`FlowerError` when what serves the run has stopped (nothing to check here)."""
 
     def wait(
-        self, run_id: int, poll: float = 1.0, on_poll: Callable[[dict[str, Any]], None] | None = None
+        self,
+        run_id: int,
+        progress: Callable[[], bool] | None = None,
+        poll: float = 0.2,
+        status_every: float = 5.0,
     ) -> dict[str, Any]:
-        """Wait until the run finishes; return its final status entry."""
+        """Wait until the run finishes; return its final status entry.
+
+        ``progress()`` runs every ``poll`` s (e.g. reading the run's metrics.jsonl) and returns whether
+        the run has recorded all its rounds; ``flwr ls`` (a Python process of its own, about a
+        CPU-second each) runs only every ``status_every`` s and as soon as ``progress()`` says so, so
+        that waiting does not slow the run it waits for.
+        """
+        last_status = -math.inf
         while True:
-            run = self.status(run_id)
-            if on_poll is not None:
-                on_poll(run)
-            if run["status"].startswith("finished"):
-                return run
-            self.check_running(run_id, run["status"])
+            done = progress() if progress is not None else False
+            if done or time.monotonic() - last_status >= status_every:
+                run = self.status(run_id)
+                if run["status"].startswith("finished"):
+                    return run
+                self.check_running(run_id, run["status"])
+                last_status = time.monotonic()
             time.sleep(poll)
 
     def log(self, run_id: int) -> str:

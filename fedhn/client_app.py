@@ -1,4 +1,5 @@
-"""Flower ClientApp: turns a train message into :func:`fedhn.app.task.train_client` and back."""
+"""Flower ClientApp: turns messages into calls of :mod:`fedhn.app.node` (a node's training round)
+and :mod:`fedhn.app.federated_calibration` (statistics), and their results back into messages."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ from collections.abc import Mapping
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedhn.app.client_store import ClientStore
 from fedhn.app.config import RunConfig
-from fedhn.app.faults import InjectedFault, draw_fault, poison
-from fedhn.app.federated_calibration import client_sums
-from fedhn.app.task import norm_keys, train_client
+from fedhn.app.federated_calibration import node_sums
+from fedhn.app.node import reply_content, train_node
+from fedhn.app.task import ClientLayout
+from strategies.replies import CLIENTS
 
 app = ClientApp()
-LOCAL_NORMS = "local-norms"  # context.state key of the norm layers a FedBN client keeps
 
 
 @functools.lru_cache(maxsize=4)
@@ -28,22 +30,27 @@ def run_config(mapping: Mapping) -> RunConfig:
     return _config(frozenset(mapping.items()))
 
 
+def _layout(context: Context) -> ClientLayout:
+    config = run_config(context.run_config)
+    return ClientLayout(int(context.node_config["num-partitions"]), config.clients_per_node)
+
+
 @app.query("partition")
 def partition(msg: Message, context: Context) -> Message:
-    """Tell the server which partition this node holds (for reproducible client sampling)."""
+    """Tell the server which partition this node holds (it hosts the clients of that partition)."""
     metrics = MetricRecord({"partition-id": int(context.node_config["partition-id"])})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
 
 @app.query("calibrate")
 def calibrate(msg: Message, context: Context) -> Message:
-    """Sums of one norm layer's input over the whole partition, for exact pooled statistics."""
-    config = run_config(context.run_config)
-    sums, examples = client_sums(
-        config,
+    """Sums of one norm layer's input over the partitions of all the node's clients."""
+    layout = _layout(context)
+    sums, examples = node_sums(
+        run_config(context.run_config),
         msg.content["arrays"].to_torch_state_dict(),
-        int(context.node_config["partition-id"]),
-        int(context.node_config["num-partitions"]),
+        layout.clients_of(int(context.node_config["partition-id"])),
+        layout.clients,
         str(msg.content["config"]["layer"]),
     )
     content = RecordDict({"sums": ArrayRecord(sums), "metrics": MetricRecord({"num-examples": examples})})
@@ -52,37 +59,19 @@ def calibrate(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    """Train the sampled clients the message names; reply with their updates (:mod:`strategies.replies`)."""
     config = run_config(context.run_config)
-    partition_id = int(context.node_config["partition-id"])
     train_config = msg.content["config"]
-    server_round = int(train_config["server-round"])
-    fault = draw_fault(config.seed, partition_id, server_round, config.fault_rate, config.fault_kinds)
-    if fault == "raise":
-        raise InjectedFault(f"injected fault (fault-rate): client {partition_id} raised in round {server_round}")
-    local = config.stats_aggregation == "local"
-    kept = context.state.array_records.get(LOCAL_NORMS) if local else None
-    state, result = train_client(
+    state = msg.content["arrays"].to_torch_state_dict()
+    node_round = train_node(
         config,
-        msg.content["arrays"].to_torch_state_dict(),
-        partition_id,
-        int(context.node_config["num-partitions"]),
-        server_round,
+        state,
+        [int(client) for client in train_config[CLIENTS]],
+        _layout(context).clients,
+        int(train_config["server-round"]),
         float(train_config["lr"]),  # the server owns the schedule
-        local_state=kept.to_torch_state_dict() if kept is not None else None,
+        ClientStore(context.state),
     )
-    if local:
-        context.state[LOCAL_NORMS] = ArrayRecord({key: state[key] for key in norm_keys(config)})
-    if fault == "nan":
-        state = poison(state)
-    if fault == "hang":
+    if node_round.hang:
         time.sleep(config.round_timeout + 1)  # the reply arrives after the server stopped waiting
-    metrics = MetricRecord(
-        {
-            "num-examples": result.examples,
-            "train-loss": result.loss,
-            "batch-size": result.batch_size,
-            "steps": result.steps,
-            "partition-id": partition_id,
-        }
-    )
-    return Message(content=RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)
+    return Message(content=reply_content(config, state, node_round), reply_to=msg)

@@ -4,6 +4,8 @@ record of every round (:mod:`fedhn.app.round_log`)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
@@ -16,7 +18,7 @@ from fedhn.app.preflight import run_problems
 from fedhn.app.results import with_output_dir
 from fedhn.app.round_log import RoundLog
 from fedhn.app.schedule import round_lr
-from fedhn.app.task import new_model
+from fedhn.app.task import ClientLayout, new_model
 from strategies import StatsFedAvg
 
 app = ServerApp()
@@ -25,25 +27,25 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     config = with_output_dir(RunConfig.from_mapping(context.run_config))
-    if problems := run_problems(config, num_partitions=len(list(grid.get_node_ids()))):
+    layout = ClientLayout(len(list(grid.get_node_ids())), config.clients_per_node)
+    if problems := run_problems(config, num_partitions=layout.clients):
         raise ConfigError.listing(problems)
     torch.manual_seed(config.seed)
     model = new_model(config)
     first_round = restore(config, model)
-    nodes = PartitionDirectory()
+    nodes = PartitionDirectory(config.clients_per_node)
     strategy = StatsFedAvg(
         stats_aggregation=config.stats_aggregation,
         round_config=lambda server_round: {"lr": round_lr(config, server_round)},
         first_round=first_round,
         sampling_seed=config.seed,
-        node_order=nodes.order,
-        node_label=nodes.label,
+        clients_of=nodes.clients,
         error_summary=error_summary,
         after_aggregation=FederatedCalibration(grid, config, model),
         fraction_train=config.fraction_train,
         fraction_evaluate=0.0,
         min_train_nodes=config.min_train_nodes,
-        min_available_nodes=config.min_train_nodes,
+        min_available_nodes=math.ceil(config.min_train_nodes / config.clients_per_node),
     )
     round_log = RoundLog(config, model)
     try:

@@ -1,5 +1,5 @@
-"""FedAvg on Flower's Message API with statistics-aware aggregation: an adapter around
-:func:`strategies.aggregation.aggregate_states`."""
+"""FedAvg on Flower's Message API with statistics-aware aggregation: an adapter around the math of
+:mod:`strategies.aggregation`, with the reply format of :mod:`strategies.replies`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
-from strategies.aggregation import STATS_AGGREGATIONS, StatsAggregation, aggregate_states
+from strategies.aggregation import STATS_AGGREGATIONS, Partial, StatsAggregation, combine_partials, partial_aggregate
+from strategies.replies import CLIENTS, WEIGHT, check_update, parse_reply
 
 __all__ = ["StatsFedAvg", "RoundReport", "RoundFailedError"]
 
@@ -27,8 +28,8 @@ class RoundReport:
     """What happened to the replies of one training round."""
 
     server_round: int
-    accepted: int = 0
-    dropped: dict[str, str] = field(default_factory=dict)  # client (node id or partition) -> reason
+    accepted: int = 0  # valid client updates
+    dropped: dict[str, str] = field(default_factory=dict)  # 'client <c> (node <n>)' -> reason
     train_loss: float | None = None
     aggregated: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # what ``after_aggregation`` reported
@@ -40,14 +41,15 @@ class RoundFailedError(RuntimeError):
     def __init__(self, report: RoundReport, minimum: int) -> None:
         reasons = "; ".join(f"{client}: {reason}" for client, reason in report.dropped.items()) or "no replies"
         super().__init__(
-            f"Round {report.server_round} failed: {report.accepted} valid replies, fewer than the minimum of "
-            f"{minimum} (min-train-nodes). Dropped replies: {reasons}"
+            f"Round {report.server_round} failed: {report.accepted} valid client updates, fewer than the minimum "
+            f"of {minimum} (min-train-nodes). Dropped: {reasons}"
         )
         self.report = report
 
 
 class StatsFedAvg(FedAvg):
-    """FedAvg that pools running statistics exactly and survives malformed replies.
+    """FedAvg over clients, several of which a node may host, that pools running statistics exactly
+    and survives malformed updates.
 
     Args:
         stats_aggregation: ``pooled`` (exact pooled variance), ``mean`` (arithmetic mean, as other
@@ -57,22 +59,24 @@ class StatsFedAvg(FedAvg):
         first_round: the number of the first round ``start`` runs (> 1 when a run resumes): round
             numbers sent to clients, logged, used for sampling and passed to ``evaluate_fn`` count from it.
         sampling_seed: sample clients reproducibly, with a generator of its own seeded by (seed, round),
-            from the nodes in the order ``node_order`` gives.
-        node_order: all connected node ids in a reproducible order (node ids are random per run; e.g.
-            ordered by the partition each node holds). Default: ``grid.get_node_ids()`` sorted.
-        node_label: how a node is named in the reasons of dropped replies (default ``node <id>``).
-        error_summary: the gist of a client's error reason (default: its last 300 characters).
+            from the clients in id order.
+        clients_of: the clients each connected node hosts (node id -> client ids), e.g. from the
+            partition each node holds. Default: node i of the sorted node ids hosts client i.
+        error_summary: the gist of a node's error reason (default: its last 300 characters).
         after_aggregation: called with the round and the aggregated arrays; returns the arrays that
             become the global model (e.g. with recalibrated statistics) and entries for the round's
             report (:attr:`RoundReport.extra`).
-        **kwargs: FedAvg's arguments (fraction_train, min_train_nodes, ...).
+        **kwargs: FedAvg's arguments. ``fraction_train`` and ``min_train_nodes`` count clients
+            (each round samples ``max(fraction_train * clients, min_train_nodes)`` clients and needs
+            ``min_train_nodes`` valid client updates); ``min_available_nodes`` counts nodes.
 
-    Replies that carry an error, no ``num-examples``, non-finite values, or arrays whose keys,
-    shapes or dtypes differ from the global model, and sampled clients that did not reply within the
-    timeout, are dropped with a logged reason. If fewer than
-    ``min_train_nodes`` replies remain, :class:`RoundFailedError` ends the run with the reasons.
-    ``last_round`` describes the latest round; :meth:`start` hands each round's report to its
-    ``evaluate_fn``.
+    Each round sends every node one train message naming its sampled clients (config entry
+    ``clients``); replies follow :mod:`strategies.replies`. Client updates that carry an error, no
+    ``num-examples``, non-finite values, or arrays whose keys, shapes or dtypes differ from the
+    global model, and clients whose node did not reply within the timeout, are dropped with a
+    logged reason; the node's other clients stay. If fewer than ``min_train_nodes`` client updates
+    remain, :class:`RoundFailedError` ends the run with the reasons. ``last_round`` describes the
+    latest round; :meth:`start` hands each round's report to its ``evaluate_fn``.
     """
 
     def __init__(
@@ -81,8 +85,7 @@ class StatsFedAvg(FedAvg):
         round_config: Callable[[int], dict[str, float | int | str]] | None = None,
         first_round: int = 1,
         sampling_seed: int = 0,
-        node_order: Callable[[Grid], list[int]] | None = None,
-        node_label: Callable[[int], str] | None = None,
+        clients_of: Callable[[Grid], dict[int, list[int]]] | None = None,
         error_summary: Callable[[str], str] | None = None,
         after_aggregation: Callable[[int, ArrayRecord], tuple[ArrayRecord, dict[str, Any]]] | None = None,
         **kwargs,
@@ -96,13 +99,12 @@ class StatsFedAvg(FedAvg):
         self.round_config = round_config
         self.round_offset = first_round - 1
         self.sampling_seed = sampling_seed
-        self.node_order = node_order or (lambda grid: sorted(grid.get_node_ids()))
-        self.node_label = node_label or (lambda node: f"node {node}")
+        self.clients_of = clients_of or (lambda grid: {node: [i] for i, node in enumerate(sorted(grid.get_node_ids()))})
         self.error_summary = error_summary or (lambda reason: reason.strip()[-300:])
         self.after_aggregation = after_aggregation
         self.last_round = RoundReport(0)
         self._reference: dict[str, np.ndarray] = {}
-        self._sampled: list[int] = []
+        self._sent: dict[int, list[int]] = {}  # node -> the clients of this round's message to it
 
     def start(
         self,
@@ -134,94 +136,109 @@ class StatsFedAvg(FedAvg):
         if self.round_config is not None:
             config = ConfigRecord({**config, **self.round_config(server_round)})
         config["server-round"] = server_round
-        nodes = self._sample(grid, random.Random(f"sampling-{self.sampling_seed}-{server_round}"))
-        log(INFO, "configure_train: sampled %d nodes", len(nodes))
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        messages = list(self._construct_messages(record, nodes, MessageType.TRAIN))
-        self._sampled = nodes
+        self._sent = self._sample(grid, random.Random(f"sampling-{self.sampling_seed}-{server_round}"))
+        log(
+            INFO, "configure_train: sampled %d clients on %d nodes", sum(map(len, self._sent.values())), len(self._sent)
+        )
+        messages = []
+        for node, clients in self._sent.items():
+            record = RecordDict(
+                {self.arrayrecord_key: arrays, self.configrecord_key: ConfigRecord({**config, CLIENTS: clients})}
+            )
+            messages += self._construct_messages(record, [node], MessageType.TRAIN)
         return messages
 
-    def _sample(self, grid: Grid, rng: random.Random) -> list[int]:
-        """``fraction_train`` of the connected nodes (at least ``min_train_nodes``), once at least
-        ``min_available_nodes`` are connected."""
+    def _sample(self, grid: Grid, rng: random.Random) -> dict[int, list[int]]:
+        """``fraction_train`` of the clients (at least ``min_train_nodes``), once at least
+        ``min_available_nodes`` nodes are connected: node -> its sampled clients, in id order."""
         if self.fraction_train == 0.0:
-            return []
-        wait = max(self.min_available_nodes, self.min_train_nodes)
-        while len(list(grid.get_node_ids())) < wait:
-            log(INFO, "Waiting for nodes to connect: %d connected (minimum: %d)", len(list(grid.get_node_ids())), wait)
+            return {}
+        while len(list(grid.get_node_ids())) < self.min_available_nodes:
+            connected = len(list(grid.get_node_ids()))
+            log(INFO, "Waiting for nodes to connect: %d connected (minimum: %d)", connected, self.min_available_nodes)
             time.sleep(1)
-        nodes = self.node_order(grid)
-        size = max(int(len(nodes) * self.fraction_train), self.min_train_nodes)
-        return nodes if size >= len(nodes) else rng.sample(nodes, size)
+        node_of = {client: node for node, clients in self.clients_of(grid).items() for client in clients}
+        clients = sorted(node_of)
+        size = max(int(len(clients) * self.fraction_train), self.min_train_nodes)
+        sampled = clients if size >= len(clients) else sorted(rng.sample(clients, size))
+        sent: dict[int, list[int]] = {}
+        for client in sampled:
+            sent.setdefault(node_of[client], []).append(client)
+        return sent
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
         report = RoundReport(server_round)
-        accepted: list[tuple[dict[str, np.ndarray], MetricRecord]] = []
-        replied = set()
-        for message in replies:
-            replied.add(message.metadata.src_node_id)
-            client = self.node_label(message.metadata.src_node_id)
-            if message.has_error():
-                report.dropped[client] = f"error: {self.error_summary(message.error.reason)}"
-                continue
-            state, metrics, problem = self._unpack(message)
-            if problem:
-                report.dropped[client] = problem
-                continue
-            accepted.append((state, metrics))
-        for node in self._sampled:
-            if node not in replied:
-                report.dropped[self.node_label(node)] = "no reply within the round timeout"
+        updates, partials = self._collect(replies, report)
         for client, reason in report.dropped.items():
-            log(WARNING, "Round %d: dropped the reply of %s: %s", server_round, client, reason)
-        report.accepted = len(accepted)
+            log(WARNING, "Round %d: dropped %s: %s", server_round, client, reason)
+        report.accepted = len(updates)
         self.last_round = report
-        if len(accepted) < max(self.min_train_nodes, 1):
+        if report.accepted < max(self.min_train_nodes, 1):
             raise RoundFailedError(report, max(self.min_train_nodes, 1))
-        # A fixed order makes the floating-point sums independent of reply arrival.
-        accepted.sort(key=lambda item: int(item[1].get("partition-id", 0)))
-        weights = [float(metrics[self.weighted_by_key]) for _, metrics in accepted]
-        aggregated = aggregate_states([state for state, _ in accepted], weights, self.stats_aggregation)
-        total = sum(weights)
-        report.train_loss = (
-            sum(w * float(m.get("train-loss", math.nan)) for w, (_, m) in zip(weights, accepted, strict=True)) / total
-        )
+        # A fixed order (client ids) makes the floating-point sums independent of reply arrival.
+        states = [state for _, (state, _) in sorted(updates.items()) if state is not None]
+        weights = [float(m[WEIGHT]) for _, (state, m) in sorted(updates.items()) if state is not None]
+        if states:
+            partials.insert(0, partial_aggregate(states, weights, self.stats_aggregation))
+        combined = combine_partials(partials, self.stats_aggregation)
+        total = sum(float(metrics[WEIGHT]) for _, metrics in updates.values())
+        report.train_loss = sum(float(m[WEIGHT]) * float(m.get("train-loss", math.nan)) for _, m in updates.values())
+        report.train_loss /= total
         report.aggregated = True
         log(
-            INFO, "Round %d: aggregated %d replies (%s statistics)", server_round, len(accepted), self.stats_aggregation
+            INFO,
+            "Round %d: aggregated %d clients (%s statistics)",
+            server_round,
+            report.accepted,
+            self.stats_aggregation,
         )
-        metrics = MetricRecord({"train-loss": report.train_loss, "clients": len(accepted), self.weighted_by_key: total})
-        arrays = ArrayRecord({key: Array(np.asarray(value, order="C")) for key, value in aggregated.items()})
+        metrics = MetricRecord({"train-loss": report.train_loss, "clients": report.accepted, WEIGHT: total})
+        arrays = ArrayRecord(
+            {
+                key: Array(np.asarray(value, dtype=self._reference[key].dtype, order="C"))
+                for key, value in combined.items()
+            }
+        )
         if self.after_aggregation is not None:
             arrays, report.extra = self.after_aggregation(server_round, arrays)
         return arrays, metrics
 
-    def _unpack(self, message: Message) -> tuple[dict[str, np.ndarray], MetricRecord, str | None]:
-        """The reply's state and metrics, or the reason it cannot be aggregated."""
-        content = message.content
-        if len(content.array_records) != 1 or len(content.metric_records) != 1:
-            return {}, MetricRecord(), "expected one ArrayRecord and one MetricRecord"
-        metrics = next(iter(content.metric_records.values()))
-        weight = metrics.get(self.weighted_by_key)
-        if not isinstance(weight, int | float) or not math.isfinite(weight) or weight <= 0:
-            return {}, metrics, f"missing or invalid {self.weighted_by_key!r}: {weight!r}"
-        state = {key: value.numpy() for key, value in next(iter(content.array_records.values())).items()}
-        if state.keys() != self._reference.keys():
-            diff = sorted(set(state) ^ set(self._reference))[:5]
-            return {}, metrics, f"array keys differ from the global model's: {diff}"
-        for key, value in state.items():
-            expected = self._reference[key]
-            if value.shape != expected.shape or value.dtype != expected.dtype:
-                return (
-                    {},
-                    metrics,
-                    (
-                        f"{key!r} is {value.dtype}{list(value.shape)}, the global model's is {expected.dtype}{list(expected.shape)}"
-                    ),
-                )
-            if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
-                return {}, metrics, f"{key!r} has non-finite values"
-        return state, metrics, None
+    def _collect(
+        self, replies: Iterable[Message], report: RoundReport
+    ) -> tuple[dict[int, tuple[dict[str, np.ndarray] | None, MetricRecord]], list[Partial]]:
+        """The valid client updates (client -> (state, or None inside a partial; metrics)) and the
+        nodes' partials, in node order of their first client; the dropped clients go into ``report``."""
+        updates: dict[int, tuple[dict[str, np.ndarray] | None, MetricRecord]] = {}
+        partials: list[tuple[int, Partial]] = []
+        replied = set()
+        for message in replies:
+            node = message.metadata.src_node_id
+            clients = self._sent.get(node, [])
+            replied.add(node)
+            if message.has_error():
+                reason = f"error: {self.error_summary(message.error.reason)}"
+                report.dropped |= {_label(client, node): reason for client in clients}
+                continue
+            reply = parse_reply(message.content, clients)
+            for client, reason in reply.errors.items():
+                report.dropped[_label(client, node)] = reason
+            for client, metrics in reply.metrics.items():
+                state = reply.states.get(client)
+                problem = None if state is None else check_update(state, self._reference)
+                if problem:
+                    report.dropped[_label(client, node)] = problem
+                else:
+                    updates[client] = (state, metrics)
+            if reply.partial is not None:
+                partials.append((min(clients), reply.partial))
+        for node, clients in self._sent.items():
+            if node not in replied:
+                report.dropped |= {_label(client, node): "no reply within the round timeout" for client in clients}
+        return updates, [partial for _, partial in sorted(partials, key=lambda item: item[0])]
+
+
+def _label(client: int, node: int) -> str:
+    return f"client {client} (node {node})"

@@ -93,3 +93,11 @@ def test_init_model_starts_the_run(defaults, tmp_path):
 def test_missing_init_model_is_named(defaults, tmp_path):
     with pytest.raises(FileNotFoundError, match="model file .*absent.pt does not exist"):
         check_restore(_config(defaults, tmp_path / "run", init_model=str(tmp_path / "absent.pt")), _model())
+
+
+def test_a_checkpoint_from_before_a_key_existed_resumes_when_the_key_keeps_its_default(defaults, tmp_path):
+    older = {k: v for k, v in _config(defaults, tmp_path).to_dict().items() if k != "clients-per-node"}
+    save_checkpoint(tmp_path, 2, _model().state_dict(), older)
+    assert restore(_config(defaults, tmp_path, resume=True), _model()) == 3
+    with pytest.raises(ValueError, match=r"clients-per-node: 1 -> 5"):
+        restore(_config(defaults, tmp_path, resume=True, clients_per_node=5), _model())

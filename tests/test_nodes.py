@@ -35,7 +35,6 @@ def test_nodes_are_ordered_by_partition_and_asked_only_once():
         assert directory.order(grid) == [12, 13, 11]
         assert directory.order(grid) == [12, 13, 11]
         assert sorted(grid.queried) == [11, 12, 13]
-        assert directory.label(11) == "client 2 (node 11)" and directory.label(99) == "node 99"
     finally:
         TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
 
@@ -45,3 +44,12 @@ def test_error_summary_keeps_the_exception_message_of_a_ray_traceback():
     assert error_summary(reason) == "boom in round 3"
     assert error_summary("a\nlast line") == "last line"
     assert len(error_summary("x" * 1000)) == 300
+
+
+def test_a_node_holding_partition_p_hosts_clients_p_times_m_onwards():
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    try:
+        clients = PartitionDirectory(clients_per_node=3).clients(PartitionGrid())
+        assert clients == {12: [0, 1, 2], 13: [3, 4, 5], 11: [6, 7, 8]}
+    finally:
+        TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None

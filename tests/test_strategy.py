@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message
 from flwr.supercore.task_identity import TaskIdentity
 
 from strategies import RoundFailedError, StatsFedAvg, aggregate_states
+from strategies.replies import node_reply
 
 
 class FakeGrid:
@@ -49,10 +50,10 @@ def _round(strategy: StatsFedAvg, nodes: int = 3) -> list[Message]:
 
 
 def _reply(message: Message, state: dict[str, np.ndarray], metrics: dict) -> Message:
-    content = RecordDict(
-        {"arrays": ArrayRecord({k: Array(v) for k, v in state.items()}), "metrics": MetricRecord(metrics)}
-    )
-    return Message(content=content, reply_to=message)
+    """The reply of a node with one client."""
+    (client,) = message.content["config"]["clients"]
+    arrays = ArrayRecord({k: Array(v) for k, v in state.items()})
+    return Message(content=node_reply({client: metrics}, {client: arrays}), reply_to=message)
 
 
 @pytest.mark.parametrize("stats", ["pooled", "mean"])
@@ -112,7 +113,7 @@ def test_round_below_the_minimum_ends_the_run_with_the_reasons():
         Message(Error(code=1, reason="timeout"), reply_to=messages[1]),
     ]
     with pytest.raises(
-        RoundFailedError, match=r"Round 1 failed: 1 valid replies, fewer than the minimum of 2.*timeout"
+        RoundFailedError, match=r"Round 1 failed: 1 valid client updates, fewer than the minimum of 2.*timeout"
     ):
         strategy.aggregate_train(1, replies)
     assert strategy.last_round.accepted == 1 and not strategy.last_round.aggregated

@@ -38,6 +38,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = "fedhn-checkpoint-1"
 # Keys that may differ between a run and its resumption (declared resumable in RunConfig).
 RESUMABLE_CHANGES = frozenset(name for name, key in KEYS.items() if key.resumable)
+DEFAULTS = RunConfig().to_dict()
 
 
 @dataclass(frozen=True)
@@ -111,13 +112,15 @@ def load_checkpoint(out_dir: Path, run_config: Mapping[str, Any], model: nn.Modu
     payload = load_state_dict_file(path, "checkpoint")
     if not isinstance(payload, Mapping) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a fedhn checkpoint; move it away or choose another out-dir")
+    # A key added to fedhn after the checkpoint was written counts as its default there.
+    saved = DEFAULTS | payload["run_config"]
     changed = sorted(
         key
-        for key in set(run_config) | set(payload["run_config"])
-        if key not in RESUMABLE_CHANGES and run_config.get(key) != payload["run_config"].get(key)
+        for key in set(run_config) | set(saved)
+        if key not in RESUMABLE_CHANGES and run_config.get(key) != saved.get(key)
     )
     if changed:
-        details = ", ".join(f"{k}: {payload['run_config'].get(k)!r} -> {run_config.get(k)!r}" for k in changed)
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {run_config.get(k)!r}" for k in changed)
         raise ValueError(f"{path} belongs to a run with another config ({details}); resume with the same config")
     return Checkpoint(int(payload["round"]), check_state_fits(payload["model"], model, path), payload["run_config"])
 

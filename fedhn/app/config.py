@@ -192,7 +192,23 @@ class RunConfig:
     )
     num_server_rounds: int = _key(10, "federated rounds", _at_least(1), resumable=True)
     fraction_train: float = _key(1.0, "fraction of the clients sampled each round", _in_range(0.0, 1.0))
-    min_train_nodes: int = _key(2, "fewest clients a round samples and fewest valid replies it needs", _at_least(1))
+    min_train_nodes: int = _key(
+        2,
+        "fewest clients a round samples and fewest valid client updates it needs (counts clients, not nodes: "
+        "the server waits for ceil(min-train-nodes / clients-per-node) connected nodes)",
+        _at_least(1),
+    )
+    clients_per_node: int = _key(
+        1,
+        "logical clients each node (simulated or real SuperNode) hosts, trained packed in one process: "
+        "node i of N holds clients i*M .. i*M+M-1 of N*M (see *Packed clients*)",
+        _at_least(1),
+    )
+    node_aggregation: bool = _key(
+        False,
+        "nodes send the exact partial aggregate of their clients instead of every client's update (automatic "
+        "above 256 MiB of updates per node)",
+    )
     local_epochs: int = _key(1, "epochs each client trains per round", _at_least(1))
     batch_sizes: tuple[int, ...] = _key((2, 4, 8, 16, 32, 64, 128), "client batch sizes, comma-separated", _batch_sizes)
     batch_size_assignment: str = _key(

@@ -4,7 +4,7 @@
 After an aggregation that is due (the last round, and every ``calibrate-every`` rounds), the server
 calibrates the global model layer by layer in forward order: for each layer, one message round
 (``query.calibrate``) in which every node returns the sums of that layer's input over its partition
-under the current global model (:func:`client_sums`); the server pools them, sets the layer, and
+under the current global model (:func:`node_sums`); the server pools them, sets the layer, and
 sends the updated model for the next layer.
 """
 
@@ -22,7 +22,7 @@ from fedhn.app.task import client_data, client_model, test_data
 from fedhn.calibration import apply_sums, calibration_order, layer_sums, pool_sums
 from fedhn.training import evaluate
 
-__all__ = ["FederatedCalibration", "client_sums", "QUERY"]
+__all__ = ["FederatedCalibration", "node_sums", "QUERY"]
 
 QUERY = f"{MessageType.QUERY}.calibrate"
 
@@ -73,12 +73,17 @@ class FederatedCalibration:
         return sums
 
 
-def client_sums(
-    config: RunConfig, state: dict[str, Tensor], partition_id: int, num_partitions: int, layer: str
+def node_sums(
+    config: RunConfig, state: dict[str, Tensor], clients: list[int], num_clients: int, layer: str
 ) -> tuple[dict[str, Tensor], int]:
-    """A client's reply: the sums of :func:`fedhn.calibration.layer_sums` of ``layer``'s input under
-    the global ``state`` over its whole partition, and its number of examples."""
-    data = client_data(config, partition_id, num_partitions)
+    """A node's reply: the sums of :func:`fedhn.calibration.layer_sums` of ``layer``'s input under
+    the global ``state`` over the whole partitions of its ``clients`` (sums add up), and their
+    number of examples."""
     model = client_model(config)
     model.load_state_dict(state)
-    return layer_sums(model, data.images, layer, config.eval_batch_size), len(data.labels)
+    parts, examples = [], 0
+    for client in clients:
+        data = client_data(config, client, num_clients)
+        parts.append(layer_sums(model, data.images, layer, config.eval_batch_size))
+        examples += len(data.labels)
+    return pool_sums(parts), examples

@@ -1,8 +1,10 @@
-"""The federation's nodes as the ServerApp sees them: which partition each holds, and the gist of
+"""The federation's nodes as the ServerApp sees them: which clients each hosts, and the gist of
 their errors.
 
-Node ids are random per run, so reproducible client sampling orders the nodes by the partition
-they hold, which each node reports once to a ``query.partition`` message.
+Node ids are random per run; each node reports the partition it holds (its node config's
+``partition-id``) once, to a ``query.partition`` message. With ``clients-per-node = M``, the node
+holding partition p hosts clients p*M .. p*M+M-1, so client ids, and hence seeded sampling, are the
+same in every run and for every layout of the same clients on nodes.
 """
 
 from __future__ import annotations
@@ -16,22 +18,24 @@ _UNKNOWN = 1 << 62  # sorts nodes that did not answer last
 
 
 class PartitionDirectory:
-    """node id -> partition id, learned by asking each node once."""
+    """node id -> partition id, learned by asking each node once, and the clients each node hosts."""
 
-    def __init__(self, timeout: float = 60.0) -> None:
+    def __init__(self, clients_per_node: int = 1, timeout: float = 60.0) -> None:
+        self.clients_per_node = clients_per_node
         self.timeout = timeout
         self.partition_of: dict[int, int] = {}
+
+    def clients(self, grid: Grid) -> dict[int, list[int]]:
+        """The connected nodes that answered, in partition order, with the client ids each hosts."""
+        m = self.clients_per_node
+        nodes = [node for node in self.order(grid) if node in self.partition_of]
+        return {node: list(range(self.partition_of[node] * m, (self.partition_of[node] + 1) * m)) for node in nodes}
 
     def order(self, grid: Grid) -> list[int]:
         """The connected nodes by (partition, node id), asking nodes not seen before."""
         nodes = list(grid.get_node_ids())
         self._learn(grid, [node for node in nodes if node not in self.partition_of])
         return sorted(nodes, key=lambda node: (self.partition_of.get(node, _UNKNOWN), node))
-
-    def label(self, node: int) -> str:
-        """``client <partition> (node <id>)``, or ``node <id>`` while its partition is unknown."""
-        partition = self.partition_of.get(node)
-        return f"node {node}" if partition is None else f"client {partition} (node {node})"
 
     def _learn(self, grid: Grid, nodes: list[int]) -> None:
         if not nodes:

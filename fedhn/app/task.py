@@ -21,6 +21,7 @@ from fedhn.training import TrainResult, client_lr, train
 
 __all__ = [
     "ClientData",
+    "ClientLayout",
     "client_data",
     "client_model",
     "dataset",
@@ -36,6 +37,22 @@ __all__ = [
 def device() -> torch.device:
     """CUDA when this process sees a GPU (Ray hides GPUs from clients given none), else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class ClientLayout:
+    """``nodes`` nodes of ``clients_per_node`` clients: node p hosts clients p*M .. p*M+M-1."""
+
+    nodes: int
+    clients_per_node: int = 1
+
+    @property
+    def clients(self) -> int:
+        return self.nodes * self.clients_per_node
+
+    def clients_of(self, node: int) -> list[int]:
+        """The client ids (= partition ids) the node holding partition ``node`` hosts."""
+        return list(range(node * self.clients_per_node, (node + 1) * self.clients_per_node))
 
 
 @dataclass(frozen=True)
@@ -153,4 +170,5 @@ def train_client(
         generator=generator,
         augment=(lambda images: data.augment(images, generator)) if data.augment else None,
     )
-    return model.state_dict(), result
+    # A copy: the process's model is loaded with the next client's state while this one's is still needed.
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}, result

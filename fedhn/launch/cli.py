@@ -67,7 +67,13 @@ def compare(
         list[str] | None,
         typer.Option("--run-config", "-c", help="A run-config TOML file or 'key=value ...' overrides (repeatable)."),
     ] = None,
-    num_supernodes: Annotated[int, typer.Option(help="Simulated clients.")] = 10,
+    num_supernodes: Annotated[int, typer.Option(help="Simulated nodes (SuperNodes).")] = 10,
+    clients_per_node: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Clients each node hosts, trained packed (run-config clients-per-node).", show_default="1"
+        ),
+    ] = None,
     cpus_per_client: Annotated[
         int, typer.Option(help="CPU cores per ClientApp (Ray schedules cores / this at once).")
     ] = 1,
@@ -89,6 +95,7 @@ def compare(
     specs = [n.strip() for n in (norms.split(";") if ";" in norms else norms.split(",")) if n.strip()]
     try:
         overrides = parse_run_config_args(run_config or []) | ({"resume": True} if resume else {})
+        overrides |= {"clients-per-node": clients_per_node} if clients_per_node else {}
         plans = plan_runs(app_dir.resolve(), specs, overrides, out_dir, federation)
     except ConfigError as error:
         typer.secho(str(error), fg=typer.colors.RED, err=True)

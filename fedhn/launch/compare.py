@@ -16,6 +16,7 @@ from flwr.common.config import parse_config_args
 from fedhn.app.config import ConfigError, RunConfig, load_app_defaults
 from fedhn.app.preflight import run_problems
 from fedhn.app.results import METRICS_FILE, RunResults, read_results
+from fedhn.app.task import ClientLayout
 from fedhn.launch.report import write_report
 from fedhn.launch.superlink import FlowerConnection, FlowerError, LocalSuperLink
 
@@ -103,9 +104,14 @@ def plan_runs(
             problems.append(f"norm {norm!r}: {error}")
     if problems:
         raise ConfigError("\n".join(problems))
-    problems = [problem for config in plans.values() for problem in run_problems(config, federation.num_supernodes)]
-    if federation.num_supernodes < next(iter(plans.values())).min_train_nodes:
-        problems.append(f"--num-supernodes {federation.num_supernodes} is below min-train-nodes; add supernodes")
+    first = next(iter(plans.values()))
+    clients = ClientLayout(federation.num_supernodes, first.clients_per_node).clients
+    problems = [problem for config in plans.values() for problem in run_problems(config, clients)]
+    if clients < first.min_train_nodes:
+        problems.append(
+            f"{federation.num_supernodes} supernodes x {first.clients_per_node} clients-per-node = {clients} clients, "
+            f"below min-train-nodes = {first.min_train_nodes}; add supernodes or clients per node"
+        )
     if problems:
         raise ConfigError.listing(problems)
     return plans
@@ -125,7 +131,8 @@ def run_comparison(
         for index, (norm, config) in enumerate(plans.items(), start=1):
             echo(
                 f"[{index}/{len(plans)}] {norm}: {config.model} on {Path(config.dataset).name}, "
-                f"{federation.num_supernodes} clients, {config.num_server_rounds} rounds"
+                f"{federation.num_supernodes * config.clients_per_node} clients on {federation.num_supernodes} nodes, "
+                f"{config.num_server_rounds} rounds"
             )
             failure = run_one(superlink, app_dir, config, norm, echo, federation.as_flower_config())
             if failure:

@@ -1,0 +1,103 @@
+"""A node's training round: the sampled clients it hosts, with their injected faults and FedBN
+state, and the node's reply (every client's update, or the exact partial aggregate of its clients).
+
+Every client trains exactly as it would alone (its own partition, batch size, learning rate and
+random generator); a client that fails (an injected ``raise``, a diverged loss) has no update and
+its reason travels in the reply, the node's other clients stay. A client whose injected fault is
+``hang`` delays the node's whole reply past ``round-timeout``, so every client of that node misses
+the round (the server records each as "no reply within the round timeout").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from flwr.app import ArrayRecord, RecordDict
+from torch import Tensor
+
+from fedhn.app.client_store import ClientStore
+from fedhn.app.config import RunConfig
+from fedhn.app.faults import draw_fault, poison
+from fedhn.app.task import norm_keys, train_client
+from fedhn.training import TrainResult
+from strategies import partial_aggregate
+from strategies.replies import check_update, node_reply
+
+__all__ = ["LOCAL_NORMS", "NODE_AGGREGATION_BYTES", "NodeRound", "reply_content", "train_node"]
+
+LOCAL_NORMS = "local-norms"  # ClientStore name of the norm layers a FedBN client keeps
+NODE_AGGREGATION_BYTES = 256 * 2**20  # above this many bytes of client updates a node sends its partial aggregate
+
+
+@dataclass
+class NodeRound:
+    """What a node's clients did this round."""
+
+    updates: dict[int, tuple[dict[str, Tensor], TrainResult]] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+    hang: bool = False  # a client's injected fault delays the node's reply
+
+
+def train_node(
+    config: RunConfig,
+    state: dict[str, Tensor],
+    clients: list[int],
+    num_clients: int,
+    server_round: int,
+    lr: float,
+    store: ClientStore,
+) -> NodeRound:
+    """Train ``clients`` (ids out of ``num_clients``) from the global ``state`` with the round's base ``lr``."""
+    node_round = NodeRound()
+    local = config.stats_aggregation == "local"
+    for client in clients:
+        fault = draw_fault(config.seed, client, server_round, config.fault_rate, config.fault_kinds)
+        if fault == "raise":
+            node_round.errors[client] = f"injected fault (fault-rate): client {client} raised in round {server_round}"
+            continue
+        node_round.hang |= fault == "hang"
+        kept = store.get(client, LOCAL_NORMS) if local else None
+        try:
+            trained, result = train_client(config, state, client, num_clients, server_round, lr, local_state=kept)
+        except (FloatingPointError, RuntimeError, ValueError) as error:
+            node_round.errors[client] = f"{type(error).__name__}: {error}"
+            continue
+        if local:
+            store.put(client, LOCAL_NORMS, {key: trained[key] for key in norm_keys(config)})
+        node_round.updates[client] = (poison(trained) if fault == "nan" else trained, result)
+    return node_round
+
+
+def reply_content(config: RunConfig, reference: dict[str, Tensor], node_round: NodeRound) -> RecordDict:
+    """The reply of :mod:`strategies.replies`: every client's update, or, with ``node-aggregation``
+    or above :data:`NODE_AGGREGATION_BYTES`, the partial aggregate of the valid ones (malformed
+    updates dropped here, with their reasons)."""
+    metrics = {client: _metrics(client, result) for client, (_, result) in node_round.updates.items()}
+    size = sum(t.numel() * t.element_size() for state, _ in node_round.updates.values() for t in state.values())
+    if not (config.node_aggregation or size > NODE_AGGREGATION_BYTES):
+        states = {client: ArrayRecord(state) for client, (state, _) in node_round.updates.items()}
+        return node_reply(metrics, states, node_round.errors)
+    expected = {key: value.cpu().numpy() for key, value in reference.items()}
+    errors, valid = dict(node_round.errors), {}
+    for client, (state, _) in sorted(node_round.updates.items()):
+        arrays = {key: value.detach().cpu().numpy() for key, value in state.items()}
+        problem = check_update(arrays, expected)
+        if problem:
+            errors[client] = problem
+        else:
+            valid[client] = arrays
+    if not valid:
+        return node_reply({}, errors=errors)
+    weights = [metrics[client]["num-examples"] for client in valid]
+    partial = partial_aggregate(list(valid.values()), weights, config.stats_aggregation)
+    return node_reply({client: metrics[client] for client in valid}, errors=errors, partial=partial)
+
+
+def _metrics(client: int, result: TrainResult) -> dict[str, int | float]:
+    return {
+        "num-examples": result.examples,
+        "train-loss": result.loss,
+        "batch-size": result.batch_size,
+        "steps": result.steps,
+        "client-id": client,
+    }

@@ -1,0 +1,40 @@
+"""End to end: the same clients packed onto few nodes give the run they give one per node."""
+
+import json
+from pathlib import Path
+
+import pytest
+import tomli_w
+import torch
+
+from fedhn.launch.superlink import LocalSuperLink
+
+pytestmark = pytest.mark.simulation
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def _rounds(out_dir: Path) -> list[dict]:
+    lines = (out_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in ("wall_time", "failures")} for line in lines]
+
+
+def test_ten_clients_on_two_nodes_give_the_run_of_ten_nodes(tmp_path):
+    config = {"num-server-rounds": 2, "fraction-train": 0.8, "batch-sizes": "2,4,8", "norm": "hn", "seed": 3}
+    layouts = {"ten": (10, 1), "two": (2, 5)}
+    with LocalSuperLink(workdir=tmp_path) as superlink:
+        for name, (nodes, per_node) in layouts.items():
+            path = tmp_path / f"{name}.toml"
+            path.write_text(tomli_w.dumps(config | {"out-dir": str(tmp_path / name), "clients-per-node": per_node}))
+            run_id = superlink.submit(PROJECT, path, {"num-supernodes": nodes, "client-resources-num-cpus": 1})
+            assert superlink.wait(run_id)["status"] == "finished:completed"
+    ten, two = _rounds(tmp_path / "ten"), _rounds(tmp_path / "two")
+    assert [r["clients"] for r in ten] == [8, 8] and [r["failed"] for r in ten] == [0, 0]
+    assert [r["round"] for r in two] == [1, 2] and [r["clients"] for r in two] == [8, 8]
+    for a, b in zip(ten, two, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    model_ten = torch.load(tmp_path / "ten" / "model.pt", weights_only=True)
+    model_two = torch.load(tmp_path / "two" / "model.pt", weights_only=True)
+    for key, value in model_ten.items():
+        torch.testing.assert_close(model_two[key], value, rtol=1e-4, atol=1e-5, msg=key)

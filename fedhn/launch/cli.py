@@ -84,7 +84,15 @@ def compare(
 ) -> None:
     """Run one Flower simulation per norm (flwr run) and write summary.md and accuracy.png."""
     from fedhn.app.config import ConfigError
-    from fedhn.launch.compare import Federation, default_out_dir, parse_run_config_args, plan_runs, run_comparison
+    from fedhn.launch.compare import (
+        Federation,
+        default_out_dir,
+        parse_run_config_args,
+        plan_runs,
+        progress_report,
+        run_comparison,
+    )
+    from fedhn.launch.signals import Stopped, stopped_by_signals
 
     if not (app_dir / "pyproject.toml").is_file():
         raise typer.BadParameter(
@@ -100,10 +108,28 @@ def compare(
     except ConfigError as error:
         typer.secho(str(error), fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
-    comparison = run_comparison(app_dir.resolve(), plans, out_dir, federation, echo=typer.echo)
+    try:
+        with stopped_by_signals():
+            comparison = run_comparison(app_dir.resolve(), plans, out_dir, federation, echo=typer.echo)
+    except Stopped as stop:
+        typer.secho(f"\n{stop}: every process it started is stopped.", fg=typer.colors.RED, err=True)
+        typer.echo(progress_report(plans), err=True)
+        typer.echo(f"Resume: {resume_command(out_dir)}", err=True)
+        raise typer.Exit(stop.exit_code) from None
     typer.echo(f"\n{comparison.table}\nWrote {out_dir / 'summary.md'} and {out_dir / 'accuracy.png'}")
     if comparison.failed:
         raise typer.Exit(1)
+
+
+def resume_command(out_dir: Path) -> str:
+    """This command line with ``--out out_dir --resume`` (checkpoints make the rerun continue each run)."""
+    import shlex
+    import sys
+
+    words = sys.argv[1:]
+    words += [] if "--out" in words else ["--out", str(out_dir)]
+    words += [] if "--resume" in words else ["--resume"]
+    return f"fedhn {shlex.join(words)}"
 
 
 @app.command()
@@ -181,3 +207,7 @@ def fluctuation(
     command = f"fedhn {shlex.join(sys.argv[1:])}"
     text = study(data, chosen, sizes, recipe, last_steps, out.resolve(), command, typer.echo)
     typer.echo(f"\n{text}\nWrote fluctuation.md, fluctuation.png, evolution.png and statistics.npz to {out}")
+
+
+if __name__ == "__main__":
+    app()

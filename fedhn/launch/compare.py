@@ -225,5 +225,16 @@ class _Progress:
         return self.last_round >= self.rounds
 
 
+def progress_report(plans: dict[str, RunConfig]) -> str:
+    """One line per planned run: the rounds it recorded (finished, interrupted or not started)."""
+    lines = []
+    for norm, config in plans.items():
+        run_dir = Path(config.out_dir)
+        done = len(read_results(run_dir).rounds) if (run_dir / METRICS_FILE).is_file() else 0
+        state = "finished" if done == config.num_server_rounds else "interrupted" if done else "not started"
+        lines.append(f"  {norm}: {done}/{config.num_server_rounds} rounds ({state})")
+    return "\n".join(lines)
+
+
 def default_out_dir() -> Path:
     return Path("outputs") / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"

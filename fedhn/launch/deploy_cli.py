@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import signal
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from fedhn.launch.signals import Stopped, stopped_by_signals
+
 if TYPE_CHECKING:
+    from fedhn.app.config import RunConfig
     from fedhn.launch.deploy import Deployment
 
 app = typer.Typer(
@@ -67,7 +70,13 @@ def up(
     A SuperLink, a SuperExec for the ServerApp, and N SuperNodes each with a SuperExec for its
     ClientApps, all on 127.0.0.1.
     """
-    deployment = _start(state_dir, nodes, port, tls, certificates, app_dir)
+    try:
+        with stopped_by_signals():  # until the deployment is up and handed over, a signal stops what started
+            deployment = _start(state_dir, nodes, port, tls, certificates, app_dir)
+    except Stopped as stop:
+        raise _fail(
+            f"{stop} while the deployment started: every process it started is stopped", stop.exit_code
+        ) from None
     typer.echo(deployment.describe())
     typer.echo("Stop: fedhn deploy down")
 
@@ -96,9 +105,8 @@ def run(
 
     from fedhn.app.config import ConfigError, load_app_defaults
     from fedhn.app.results import read_results
-    from fedhn.launch.compare import Federation, parse_run_config_args, plan_runs, run_one
+    from fedhn.launch.compare import Federation, parse_run_config_args, plan_runs, progress_report
     from fedhn.launch.deploy import Deployment
-    from fedhn.launch.superlink import FlowerError
 
     app_dir = app_dir.resolve()
     running = Deployment.load(state_dir)
@@ -114,21 +122,38 @@ def run(
         config = plan_runs(app_dir, [norm], overrides, out_dir, federation)[norm]
     except (ConfigError, OSError) as error:
         raise _fail(str(error), code=2) from None
-    deployment = running or _start(state_dir, nodes, port, tls, certificates, app_dir)
-    if running is None:
-        typer.echo(deployment.describe() + "\n(a deployment for this run: stopped when it ends)")
-    on_sigterm = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SIGTERM too runs `finally`
     try:
-        failure = run_one(deployment.connection, app_dir, config, norm, typer.echo)
-    except FlowerError as error:
-        failure = str(error), ""
-    finally:
-        signal.signal(signal.SIGTERM, on_sigterm)
-        if running is None:
-            deployment.stop()
+        with stopped_by_signals():
+            failure = _run_on(running, config, norm, app_dir, (state_dir, nodes, port, tls, certificates, app_dir))
+    except Stopped as stop:
+        typer.echo(progress_report({norm: config}), err=True)
+        owner = "stopped with the deployment" if running is None else "left to the deployment of `fedhn deploy up`"
+        hint = f'fedhn deploy run {shlex.join(sys.argv[3:])} --out {out_dir} -c "resume=true"'
+        raise _fail(
+            f"{stop}; the processes this command started are stopped, the run {owner}. Resume: {hint}", stop.exit_code
+        ) from None
     if failure:
         raise _fail(f"run FAILED: {''.join(failure)}")
     typer.echo(read_results(config.out_dir).summary())
+
+
+def _run_on(
+    running: Deployment | None, config: RunConfig, norm: str, app_dir: Path, start_args: tuple
+) -> tuple[str, str] | None:
+    """Run ``config`` on the ``running`` deployment, or on one started for it (and stopped after it)."""
+    from fedhn.launch.compare import run_one
+    from fedhn.launch.superlink import FlowerError
+
+    deployment = running or _start(*start_args)
+    if running is None:
+        typer.echo(deployment.describe() + "\n(a deployment for this run: stopped when it ends)")
+    try:
+        return run_one(deployment.connection, app_dir, config, norm, typer.echo)
+    except FlowerError as error:
+        return str(error), ""
+    finally:
+        if running is None:
+            deployment.stop()
 
 
 @app.command()

@@ -57,12 +57,13 @@ def stat_sizes(channels: int, groups: Sequence[int]) -> list[int]:
 
 def accepts(x: Tensor, weight: Tensor | None, running_mean: Tensor | None) -> bool:
     """Whether :func:`fused_norm` can run on ``x`` (with the layer's ``weight`` and ``running_mean``) here:
-    contiguous float32/float64 CPU tensors of one dtype, and a C compiler."""
+    contiguous (or vmapped) float32/float64 CPU tensors of one dtype, and a C compiler."""
     return (
         x.device.type == "cpu"
         and x.dtype in kernel_build.SCALARS
         and all(t is None or t.dtype == x.dtype for t in (weight, running_mean))
-        and x.is_contiguous()
+        # Under torch.func transforms (vmap packs the members into one contiguous input) forward() copies it.
+        and (x.is_contiguous() or torch._C._functorch.is_functorch_wrapped_tensor(x))
         and _kernel_available(x.dtype)
     )
 

@@ -64,9 +64,13 @@ class Kernel:
             MemoryError: the kernel could not allocate its workspace.
         """
         function, parameters = self._functions[name]
-        if len(arguments) != len(parameters) or not all(parameter in arguments for parameter in parameters):
-            raise TypeError(f"{name} takes the parameters {', '.join(parameters)}; got {', '.join(arguments)}")
-        values = [arguments[parameter] for parameter in parameters]
+        try:
+            values = [arguments[parameter] for parameter in parameters]
+        except KeyError as missing:
+            raise TypeError(f"{name}: missing parameter {missing}; it takes {', '.join(parameters)}") from None
+        if len(arguments) != len(parameters):
+            unknown = sorted(set(arguments) - set(parameters))
+            raise TypeError(f"{name}: unknown parameters {', '.join(unknown)}; it takes {', '.join(parameters)}")
         if function(*[value.data_ptr() if isinstance(value, Tensor) else value for value in values]):
             raise MemoryError(f"{name}: the fused norm kernel could not allocate its per-channel workspace")
 

@@ -10,10 +10,12 @@ Covers ``hn``, ``hn_g<G>`` and softmax mixtures of batch std sets such as ``mean
 - ``hn_update_running``: moves the running statistics towards ``stats``, in place, with one
   ``torch._foreach_lerp_``.
 
-Their schemas are in :data:`SCHEMAS`. Each has a fake (meta) implementation, so ``torch.compile`` keeps them in its graph, and a vmap rule, so
-``torch.func.vmap`` (and ``vmap(grad(...))``) over K packed clients runs each as one kernel call: a batched
-input (K, N, C, ...) is the input (N, K*C, ...) with K times the std groups. ``groups`` holds each std set's
-channel-group count, ``set_weight`` (S, C) float64 each set's weight per channel (a mixture's softmax).
+Their schemas are in :data:`SCHEMAS`. Each checks every tensor argument (ValueError naming it) and has a fake
+(meta) implementation, so ``torch.compile`` keeps them in its graph, and a vmap rule, so ``torch.func.vmap`` (and
+``vmap(grad(...))``) over K packed clients runs each as one kernel call: a batched input (K, N, C, ...) is the
+input (N, K*C, ...) with K times the std groups. ``groups`` holds each std set's channel-group count,
+``set_weight`` (S, C) float64 each set's weight per channel (a mixture's softmax). Eager layers on plain tensors
+call the CPU kernels without the dispatcher (see :func:`_direct`), which costs as much as the kernel at small shapes.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """Every model builds with every preset whose groups fit, runs forward and backward, and round-trips its state."""
 
+import functools
+
 import pytest
 import torch
 
@@ -55,3 +57,23 @@ def test_resnet18_is_the_cifar_variant():
 def test_unknown_model_suggests_names():
     with pytest.raises(ValueError, match="Did you mean resnet8"):
         build_model("resnet9")
+
+
+@pytest.mark.parametrize("name", ["resnet8", "tv_resnet18"])
+@pytest.mark.parametrize(
+    "norm",
+    [torch.nn.BatchNorm2d, functools.partial(torch.nn.GroupNorm, 4), lambda channels: torch.nn.GroupNorm(2, channels)],
+    ids=["class", "partial", "lambda"],
+)
+def test_model_takes_a_norm_class_or_partial(name, norm):
+    model = build_model(name, num_classes=10, norm=norm)
+    expected = norm if isinstance(norm, type) else torch.nn.GroupNorm
+    assert not any(isinstance(m, HeterologousNorm) for m in model.modules())
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d | torch.nn.GroupNorm)]
+    assert norms and all(type(m) is expected for m in norms)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+
+
+def test_a_norm_callable_that_cannot_fit_names_the_model():
+    with pytest.raises(ValueError, match=r"Cannot build resnet8 with norm 'GroupNorm'.*divisible"):
+        build_model("resnet8", norm=functools.partial(torch.nn.GroupNorm, 32))

@@ -1,11 +1,16 @@
 """replace_norms swaps the norm layers of any model and names the layer that a spec cannot fit."""
 
+import functools
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision
 from torch import nn
 
-from fedhn.norms import HeterologousNorm, replace_norms
+from fedhn.norms import HeterologousNorm, norm_layer, replace_norms
 
 
 def test_torchvision_resnet18_gets_hn_everywhere():
@@ -43,3 +48,24 @@ def test_spec_that_cannot_fit_names_the_layer():
         match=r"Cannot normalize layer 'features.1.conv.2' \(16 channels\): gn splits the channels into 32 groups",
     ):
         replace_norms(torchvision.models.mobilenet_v2(), "gn_g32")
+
+
+def test_replace_norms_takes_a_class_or_partial():
+    model = torchvision.models.resnet18(num_classes=10)
+    batch_norms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    replace_norms(model, functools.partial(nn.GroupNorm, 8, eps=1e-3))
+    group_norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    assert len(group_norms) == batch_norms and all(m.num_groups == 8 and m.eps == 1e-3 for m in group_norms)
+    replace_norms(model, nn.BatchNorm2d)  # and back: the group norms are norms too
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == batch_norms
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+
+
+def test_norm_layer_passes_keywords_to_a_callable():
+    layer = norm_layer(nn.BatchNorm2d, momentum=0.3)(4)
+    assert isinstance(layer, nn.BatchNorm2d) and layer.momentum == 0.3 and norm_layer(nn.BatchNorm2d) is nn.BatchNorm2d
+
+
+def test_fedhn_norms_does_not_import_torchvision():
+    code = "import sys, fedhn.norms; assert 'torchvision' not in sys.modules, 'torchvision was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])

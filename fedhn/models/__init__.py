@@ -10,7 +10,7 @@ from torch import nn
 from fedhn.models.cifar_resnet import CifarResNet
 from fedhn.models.mlp import MLP
 from fedhn.models.torchvision_models import build_torchvision, torchvision_names
-from fedhn.norms import NormSpec, norm_layer, replace_norms
+from fedhn.norms import NormLayer, NormSpec, norm_layer, replace_norms
 
 __all__ = ["build_model", "model_names", "MODELS"]
 
@@ -41,9 +41,10 @@ def model_names() -> list[str]:
 
 
 def build_model(
-    name: str, num_classes: int = 10, norm: str | NormSpec = "bn", in_channels: int = 3, image_size: int = 32
+    name: str, num_classes: int = 10, norm: NormLayer = "bn", in_channels: int = 3, image_size: int = 32
 ) -> nn.Module:
-    """Build model ``name`` with every norm layer given by ``norm``.
+    """Build model ``name`` with every norm layer given by ``norm``: a spec (``"hn"``), or a callable
+    ``num_features -> nn.Module`` such as ``nn.BatchNorm2d`` or ``functools.partial(nn.GroupNorm, 8)``.
 
     ``name`` is one of fedhn's models (``resnet8``, ``resnet20``, ``resnet18``, ``mlp``) or a
     torchvision classification model, as ``tv_<name>`` or by its plain name when fedhn has no model
@@ -61,10 +62,17 @@ def build_model(
         if tv_name in torchvision_names():
             return replace_norms(build_torchvision(tv_name, num_classes, in_channels), norm)
     except ValueError as error:
-        raise ValueError(f"Cannot build {name} with norm {str(norm)!r}: {error}") from None
+        raise ValueError(f"Cannot build {name} with norm {_norm_name(norm)!r}: {error}") from None
     hint = difflib.get_close_matches(key, model_names(), n=3)
     suggestion = f" Did you mean {', '.join(hint)}?" if hint else ""
     raise ValueError(
         f"Unknown model {name!r}. fedhn models: {', '.join(MODELS)}; torchvision models as tv_<name> "
         f"(e.g. tv_resnet18, mobilenet_v2, shufflenet_v2_x1_5, densenet121).{suggestion}"
     )
+
+
+def _norm_name(norm: NormLayer) -> str:
+    """The spec, or the name of the norm callable (of the function a ``functools.partial`` wraps)."""
+    if isinstance(norm, str | NormSpec):
+        return str(norm)
+    return getattr(getattr(norm, "func", norm), "__name__", repr(norm))

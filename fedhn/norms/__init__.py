@@ -25,7 +25,7 @@ Buffer convention (relied on by the server's statistics pooling, :mod:`strategie
 ``ln``, ``gn``) keep no running statistics: they are computed from the input in eval mode too.
 """
 
-from fedhn.norms.factory import NORM_TYPES, is_norm, norm_layer, replace_norms
+from fedhn.norms.factory import NORM_TYPES, NormLayer, is_norm, norm_layer, replace_norms
 from fedhn.norms.layers import HeterologousNorm
 from fedhn.norms.pixel_sets import PixelSet, parse_pixel_set, parse_pixel_sets
 from fedhn.norms.spec import PRESETS, NormSpec, Preset, parse_spec
@@ -33,6 +33,7 @@ from fedhn.norms.spec import PRESETS, NormSpec, Preset, parse_spec
 __all__ = [
     "HeterologousNorm",
     "NORM_TYPES",
+    "NormLayer",
     "NormSpec",
     "PRESETS",
     "PixelSet",

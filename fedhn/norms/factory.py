@@ -1,76 +1,95 @@
-"""Build norm layers from specs, and swap the norm layers of any model."""
+"""Build norm layers from specs (or take the user's own norm), and swap the norm layers of any model."""
 
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from itertools import chain
 
 from torch import nn
-from torchvision.models.convnext import LayerNorm2d
 
 from fedhn.norms.layers import HeterologousNorm
 from fedhn.norms.spec import NormSpec, parse_spec
 
-__all__ = ["norm_layer", "replace_norms", "is_norm", "NORM_TYPES"]
+__all__ = ["NormLayer", "norm_layer", "replace_norms", "is_norm", "NORM_TYPES"]
+
+NormLayer = str | NormSpec | Callable[..., nn.Module]
+"""A norm: a spec (``"hn"``, ``"mean=bn,std=bn+en"``, a :class:`NormSpec`), or a callable ``num_features ->
+nn.Module`` such as a class (``nn.BatchNorm2d``) or a ``functools.partial`` (``partial(nn.GroupNorm, 8)``)."""
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._BatchNorm,
     nn.GroupNorm,
     nn.modules.instancenorm._InstanceNorm,
-    LayerNorm2d,
     HeterologousNorm,
 )
+"""The norm classes :func:`is_norm` knows without importing torchvision; it also knows torchvision's
+``LayerNorm2d`` (channel LayerNorm, as in ConvNeXt) once torchvision is imported."""
 
 
 def is_norm(module: nn.Module) -> bool:
     """Whether ``module`` normalizes over channels (the layers :func:`replace_norms` swaps)."""
-    return isinstance(module, NORM_TYPES)
+    return isinstance(module, NORM_TYPES) or _is_layer_norm_2d(module)
 
 
-def norm_layer(spec: str | NormSpec, **kwargs) -> Callable[[int], HeterologousNorm]:
-    """A factory ``num_features -> HeterologousNorm`` for ``spec`` (usable as torchvision's ``norm_layer``).
+def _is_layer_norm_2d(module: nn.Module) -> bool:
+    """Whether ``module`` is torchvision's ``LayerNorm2d``; a model that has one has imported torchvision, so it is
+    looked up in ``sys.modules`` (``fedhn.norms`` does not import torchvision)."""
+    convnext = sys.modules.get("torchvision.models.convnext")
+    return convnext is not None and isinstance(module, convnext.LayerNorm2d)
 
-    The spec is parsed now, so a bad spec fails here; group counts are checked per layer.
-    ``kwargs`` (eps, momentum, affine) go to every layer.
+
+def norm_layer(spec: NormLayer, **kwargs) -> Callable[..., nn.Module]:
+    """A factory ``num_features -> nn.Module`` for ``spec`` (usable as torchvision's or timm's ``norm_layer``).
+
+    A spec string or :class:`NormSpec` gives :class:`HeterologousNorm` layers; the spec is parsed now, so a bad
+    spec fails here; group counts are checked per layer. A callable (a norm class, a ``functools.partial``, any
+    ``num_features -> nn.Module``) is used as it is. ``kwargs`` (e.g. eps, momentum, affine) go to every layer.
     """
+    if callable(spec):
+        return functools.partial(spec, **kwargs) if kwargs else spec
     parsed = parse_spec(spec)
     return functools.partial(
         HeterologousNorm, mean="+".join(map(str, parsed.mean)), std="+".join(map(str, parsed.std)), **kwargs
     )
 
 
-def replace_norms(model: nn.Module, spec: str | NormSpec) -> nn.Module:
+def replace_norms(model: nn.Module, spec: NormLayer) -> nn.Module:
     """Swap every BatchNorm, GroupNorm, InstanceNorm and channel LayerNorm (torchvision's
     ``LayerNorm2d``) of ``model`` for ``spec``, in place, and return the model.
 
-    Channel counts, ``eps``, ``affine`` and BatchNorm's ``momentum`` carry over; parameters and
-    statistics start fresh. Plain ``nn.LayerNorm`` (channels-last, as in transformers) is left alone.
+    For a spec, channel counts, ``eps``, ``affine`` and BatchNorm's ``momentum`` carry over; parameters and
+    statistics start fresh. A callable ``spec`` is called with the channel count only (bind its other
+    settings with ``functools.partial``). Plain ``nn.LayerNorm`` (channels-last, as in transformers) is left alone.
 
     Raises:
         ValueError: ``spec`` cannot fit a layer (the message names the layer and the fix).
     """
     make = norm_layer(spec)
+    settings = not callable(spec)
     if is_norm(model):
-        return _convert(make, model, "the model")
+        return _convert(make, model, "the model", settings)
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
             if is_norm(child):
                 name = f"{parent_name}.{child_name}" if parent_name else child_name
-                setattr(parent, child_name, _convert(make, child, f"layer {name!r}"))
+                setattr(parent, child_name, _convert(make, child, f"layer {name!r}", settings))
     return model
 
 
-def _convert(make: Callable[..., HeterologousNorm], layer: nn.Module, where: str) -> HeterologousNorm:
+def _convert(make: Callable[..., nn.Module], layer: nn.Module, where: str, settings: bool) -> nn.Module:
+    """``make``'s layer for the channels of ``layer``, given ``layer``'s eps, momentum and affine if ``settings``."""
     if isinstance(layer, nn.GroupNorm):
         channels, affine = layer.num_channels, layer.affine
-    elif isinstance(layer, LayerNorm2d):
+    elif _is_layer_norm_2d(layer):
         channels, affine = layer.normalized_shape[0], layer.elementwise_affine
     else:
         channels, affine = layer.num_features, layer.affine
     momentum = layer.momentum if isinstance(layer, nn.modules.batchnorm._BatchNorm) else 0.1
+    kwargs = {"eps": layer.eps, "momentum": momentum, "affine": affine} if settings else {}
     try:
-        new = make(channels, eps=layer.eps, momentum=momentum, affine=affine)
+        new = make(channels, **kwargs)
     except ValueError as error:
         raise ValueError(f"Cannot normalize {where} ({channels} channels): {error}") from None
     reference = next(chain(layer.parameters(), layer.buffers()), None)

@@ -1,75 +1,73 @@
 """Fused CPU training path for HeterologousNorm with the mean set ``bn`` and std sets pooled over the batch.
 
-Covers ``hn``, ``hn_g<G>`` and softmax mixtures of batch std sets such as ``mean=bn,std=bn+en``. The
-forward and the hand-derived backward (derivation in :mod:`fedhn.norms.fused_kernel`) make the passes over the input
-of ``nn.BatchNorm2d``'s CPU kernels: a reduction per channel, then one elementwise pass. The kernel is
-plain C with OpenMP (``torch.get_num_threads()`` threads; on Linux it binds to the libgomp PyTorch loaded),
-compiled with the system C compiler (``$CC``, else ``cc``) at first use and cached in
-``$XDG_CACHE_HOME/fedhn`` (default ``~/.cache/fedhn``). Without a compiler, :func:`accepts` is false (after
-one warning) and the layer keeps its general path.
+Covers ``hn``, ``hn_g<G>`` and softmax mixtures of batch std sets such as ``mean=bn,std=bn+en``, as three
+``torch.library`` operators around the C kernels of :mod:`fedhn.norms.fused_kernel` (built by
+:mod:`fedhn.norms.kernel_build`):
 
-:func:`accepts` takes contiguous float32/float64 CPU tensors outside ``torch.compile`` tracing; CUDA
-tensors keep the general path. The function is once differentiable (no double backward, no forward-mode
-AD, no ``vmap``).
+- ``hn_norm``: the normalization, functional; returns y and the batch statistics ``stats`` (laid out as
+  :func:`stat_sizes` says); differentiable in ``x``, ``weight``, ``bias`` and ``set_weight`` through
+- ``hn_norm_backward`` (once differentiable: no double backward);
+- ``hn_update_running``: moves the running statistics towards ``stats``, in place, with one
+  ``torch._foreach_lerp_``.
+
+Their schemas are in :data:`SCHEMAS`. Each checks every tensor argument (ValueError naming it) and has a fake
+(meta) implementation, so ``torch.compile`` keeps them in its graph, and a vmap rule, so ``torch.func.vmap`` (and
+``vmap(grad(...))``) over K packed clients runs each as one kernel call: a batched input (K, N, C, ...) is the
+input (N, K*C, ...) with K times the std groups. ``groups`` holds each std set's channel-group count,
+``set_weight`` (S, C) float64 each set's weight per channel (a mixture's softmax). Eager layers on plain tensors
+call the CPU kernels without the dispatcher (see :func:`_direct`), which costs as much as the kernel at small shapes.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import itertools
-import os
-import shutil
-import subprocess
-import tempfile
-import warnings
-from pathlib import Path
-from typing import NamedTuple
+import inspect
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from fedhn.norms.fused_kernel import SOURCE
+from fedhn.norms import kernel_build
 from fedhn.norms.pixel_sets import PixelSet
 
-__all__ = ["Running", "accepts", "fused_norm"]
+__all__ = ["SCHEMAS", "accepts", "fused_norm", "stat_sizes", "update_running"]
 
-_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC")
-_SCALARS = {torch.float32: "float", torch.float64: "double"}
 # Below this many elements one thread is faster than waking the OpenMP team.
 _PARALLEL_MIN_ELEMENTS = 32768
-_P, _I = ctypes.c_void_p, ctypes.c_int64
-_D = ctypes.c_double
-# fused_forward(x, y, n, c, s, num_sets, groups, set_weight, weight, bias, eps, mean, set_mean, set_var,
-#               invstd, running_mean, running_var, running_center, factor, threads)
-_FORWARD_ARGS = [_P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _D, _P, _P, _P, _P, _P, _P, _P, _D, ctypes.c_int]
-# fused_backward(dy, x, dx, n, c, s, num_sets, groups, set_weight, weight, mean, set_mean, set_var, invstd,
-#                grad_weight, grad_bias, grad_set_weight, threads)
-_BACKWARD_ARGS = [_P, _P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int]
 
 
-class Running(NamedTuple):
-    """A layer's running statistics, updated in place by the forward: ``mean`` (C), ``var`` (every std
-    set's groups), ``center`` (their means, or None where the layer derives them) and the update
-    ``factor`` (momentum, or 1 / batches for a cumulative average)."""
+SCHEMAS = {
+    "hn_norm": "hn_norm(Tensor x, SymInt[] groups, Tensor? weight, Tensor? bias, Tensor set_weight, float eps) "
+    "-> (Tensor y, Tensor stats)",
+    "hn_norm_backward": "hn_norm_backward(Tensor grad_y, Tensor x, SymInt[] groups, Tensor? weight, "
+    "Tensor set_weight, Tensor stats) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias, Tensor grad_set_weight)",
+    "hn_update_running": "hn_update_running(Tensor(a!) running_mean, Tensor(b!) running_var, "
+    "Tensor(c!)? running_center, Tensor stats, SymInt[] groups, float factor) -> ()",
+}
+_LIBRARY = torch.library.Library("fedhn", "DEF")
+for _schema in SCHEMAS.values():
+    # The kernels read raw memory: inductor must pass the inputs with the (contiguous) strides seen in tracing.
+    _LIBRARY.define(_schema, tags=(torch.Tag.needs_exact_strides,))
 
-    mean: Tensor
-    var: Tensor
-    center: Tensor | None
-    factor: float
+
+def stat_sizes(channels: int, groups: Sequence[int]) -> list[int]:
+    """Lengths of the parts of ``stats``: the channel means, each std group's mean and biased variance
+    (the sets' groups in set order), each channel's inverse std, each std group's unbiased variance."""
+    total = sum(groups)
+    return [channels, total, total, channels, total]
 
 
 def accepts(x: Tensor, weight: Tensor | None, running_mean: Tensor | None) -> bool:
-    """Whether :func:`fused_norm` can run on ``x`` (with the layer's ``weight`` and ``running_mean``) here."""
+    """Whether :func:`fused_norm` can run on ``x`` (with the layer's ``weight`` and ``running_mean``) here:
+    contiguous (or vmapped) float32/float64 CPU tensors of one dtype, and a C compiler."""
     return (
         x.device.type == "cpu"
-        and x.dtype in _SCALARS
+        and x.dtype in kernel_build.SCALARS
         and all(t is None or t.dtype == x.dtype for t in (weight, running_mean))
-        and x.is_contiguous()
-        and not torch.compiler.is_compiling()
-        and _library(x.dtype) is not None
+        # Under torch.func transforms (vmap packs the members into one contiguous input) forward() copies it.
+        and (x.is_contiguous() or torch._C._functorch.is_functorch_wrapped_tensor(x))
+        and _kernel_available(x.dtype)
     )
 
 
@@ -80,101 +78,382 @@ def fused_norm(
     bias: Tensor | None,
     var_logits: Tensor | None,
     eps: float,
-    running: Running | None,
-) -> Tensor:
-    """Training-mode normalization with the per-channel mean (``bn``) and the std of ``std_sets``
-    (resolved batch sets, softmax-weighted by ``var_logits`` when several); moves the ``running``
-    statistics towards the batch's, as ``HeterologousNorm`` stores them (unbiased variances)."""
-    groups = tuple(s.groups or x.shape[1] for s in std_sets)
-    return _FusedNorm.apply(x, weight, bias, var_logits, groups, eps, running)
+) -> tuple[Tensor, Tensor]:
+    """Training-mode normalization of ``x`` with the per-channel mean (``bn``) and the std of ``std_sets``
+    (resolved batch sets, softmax-weighted by ``var_logits`` when several); returns y and the batch ``stats``."""
+    channels = x.shape[1]
+    if var_logits is None:
+        set_weight = torch.ones(len(std_sets), channels, dtype=torch.float64, device=x.device)
+    else:
+        set_weight = torch.softmax(var_logits, 0, dtype=torch.float64)[:, None].expand(-1, channels).contiguous()
+    function = _HnNorm if _direct(x) else _HnNormForTransforms
+    return function.apply(x, _groups(std_sets, channels), weight, bias, set_weight, eps)
 
 
-class _FusedNorm(torch.autograd.Function):
-    """The fused forward of ``x``; the statistics vector (see :func:`_layout`) is kept for the backward."""
+def update_running(
+    stats: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    running_center: Tensor | None,
+    std_sets: tuple[PixelSet, ...],
+    factor: float,
+) -> None:
+    """Move the running statistics towards the batch ``stats`` by ``factor``, as ``HeterologousNorm`` stores
+    them (unbiased variances)."""
+    update = _hn_update_running if _direct(stats) else _UPDATE
+    update(running_mean, running_var, running_center, stats, _groups(std_sets, running_mean.shape[-1]), factor)
+
+
+def _groups(std_sets: tuple[PixelSet, ...], channels: int) -> list[int]:
+    return [s.groups or channels for s in std_sets]
+
+
+def _direct(tensor: Tensor) -> bool:
+    """Whether the layers may call an operator's CPU kernel directly, without the dispatcher's per-call cost
+    (a third of BatchNorm's whole step at (2, 256, 8, 8)): for plain tensors, outside torch.compile, torch.func
+    transforms and dispatch modes, where the dispatcher would pick that kernel anyway."""
+    return (
+        type(tensor) is Tensor
+        and not torch.compiler.is_compiling()
+        and not torch._C._functorch.is_functorch_wrapped_tensor(tensor)
+        and not torch._C._len_torch_dispatch_stack()
+    )
+
+
+@torch.compiler.assume_constant_result
+def _kernel_available(dtype: torch.dtype) -> bool:
+    return kernel_build.load(dtype) is not None
+
+
+# ---- argument checks (run by the kernels and, all but contiguity, by the fake implementations) ----
+
+
+def _check(op: str, name: str, tensor: Tensor | None, like: Tensor, shape: Sequence[int], dtype: torch.dtype) -> None:
+    """Raise ValueError unless ``tensor`` (None allowed) is a ``dtype`` tensor of ``shape`` on ``like``'s device."""
+    if tensor is None:
+        return
+    if tensor.dtype != dtype or tensor.device != like.device or tensor.shape != shape:
+        raise ValueError(
+            f"fedhn::{op}: {name} must be a {dtype} tensor of shape {tuple(shape)} on {like.device}, got a "
+            f"{tensor.dtype} tensor of shape {tuple(tensor.shape)} on {tensor.device}"
+        )
+
+
+def _check_contiguous(op: str, **tensors: Tensor | None) -> None:
+    for name, tensor in tensors.items():
+        if tensor is not None and not tensor.is_contiguous():
+            raise ValueError(f"fedhn::{op}: {name} must be contiguous; pass {name}.contiguous()")
+
+
+def _check_input(op: str, x: Tensor, groups: Sequence[int], set_weight: Tensor) -> None:
+    if x.dim() < 2 or x.dtype not in kernel_build.SCALARS or x.device.type != "cpu":
+        raise ValueError(
+            f"fedhn::{op}: x must be a float32 or float64 CPU tensor of shape (N, C, ...), got a {x.dtype} tensor "
+            f"of shape {tuple(x.shape)} on {x.device}"
+        )
+    channels = x.shape[1]
+    if not groups or any(g < 1 or channels % g for g in groups):
+        raise ValueError(
+            f"fedhn::{op}: groups must list each std set's group count, each dividing the {channels} channels of x, "
+            f"got {list(groups)}"
+        )
+    _check(op, "set_weight", set_weight, x, (len(groups), channels), torch.float64)
+
+
+def _check_norm(x: Tensor, groups: Sequence[int], weight: Tensor | None, bias: Tensor | None, set_weight: Tensor):
+    _check_input("hn_norm", x, groups, set_weight)
+    for name, tensor in (("weight", weight), ("bias", bias)):
+        _check("hn_norm", name, tensor, x, x.shape[1:2], x.dtype)
+
+
+def _check_backward(grad_y, x, groups, weight, set_weight, stats) -> None:
+    op = "hn_norm_backward"
+    _check_input(op, x, groups, set_weight)
+    _check(op, "grad_y", grad_y, x, x.shape, x.dtype)
+    _check(op, "weight", weight, x, x.shape[1:2], x.dtype)
+    _check(op, "stats", stats, x, (sum(stat_sizes(x.shape[1], groups)),), x.dtype)
+
+
+def _check_update(running_mean, running_var, running_center, stats, groups) -> None:
+    op = "hn_update_running"
+    if running_mean.dim() == 0 or running_mean.dtype not in kernel_build.SCALARS:
+        raise ValueError(
+            f"fedhn::{op}: running_mean must be a float32 or float64 tensor of shape (C,) (or (K, C) for K stacked "
+            f"layers), got a {running_mean.dtype} tensor of shape {tuple(running_mean.shape)}"
+        )
+    *lead, channels = running_mean.shape
+    if not groups or any(g < 1 or channels % g for g in groups):
+        raise ValueError(f"fedhn::{op}: groups must divide the {channels} channels, got {list(groups)}")
+    dtype, total = running_mean.dtype, sum(groups)
+    _check(op, "running_var", running_var, running_mean, (*lead, total), dtype)
+    _check(op, "running_center", running_center, running_mean, (*lead, total), dtype)
+    _check(op, "stats", stats, running_mean, (*lead, sum(stat_sizes(channels, groups))), dtype)
+
+
+# ---- implementations ----
+
+
+def _hn_norm(x, groups, weight, bias, set_weight, eps):
+    _check_norm(x, groups, weight, bias, set_weight)
+    _check_contiguous("hn_norm", x=x, weight=weight, bias=bias, set_weight=set_weight)
+    n, c = x.shape[:2]
+    y, stats = torch.empty_like(x), x.new_empty(sum(stat_sizes(c, groups)))
+    kernel_build.load(x.dtype).call(
+        "fused_forward",
+        x=x,
+        y=y,
+        n=n,
+        c=c,
+        s=x.numel() // (n * c),
+        num_sets=len(groups),
+        groups=_groups_array(tuple(groups)),
+        set_weight=set_weight,
+        weight=weight,
+        bias=bias,
+        eps=eps,
+        stats=stats,
+        threads=_threads(x),
+    )
+    return y, stats
+
+
+def _hn_norm_fake(x, groups, weight, bias, set_weight, eps):
+    _check_norm(x, groups, weight, bias, set_weight)
+    return torch.empty_like(x), x.new_empty(sum(stat_sizes(x.shape[1], groups)))
+
+
+def _hn_norm_backward(grad_y, x, groups, weight, set_weight, stats):
+    _check_backward(grad_y, x, groups, weight, set_weight, stats)
+    _check_contiguous("hn_norm_backward", grad_y=grad_y, x=x, weight=weight, set_weight=set_weight, stats=stats)
+    n, c = x.shape[:2]
+    grad_x, grad_weight, grad_bias = torch.empty_like(x), x.new_empty(c), x.new_empty(c)
+    grad_set_weight = torch.empty_like(set_weight)
+    kernel_build.load(x.dtype).call(
+        "fused_backward",
+        dy=grad_y,
+        x=x,
+        dx=grad_x,
+        n=n,
+        c=c,
+        s=x.numel() // (n * c),
+        num_sets=len(groups),
+        groups=_groups_array(tuple(groups)),
+        set_weight=set_weight,
+        weight=weight,
+        stats=stats,
+        grad_weight=grad_weight,
+        grad_bias=grad_bias,
+        grad_set_weight=grad_set_weight,
+        threads=_threads(x),
+    )
+    return grad_x, grad_weight, grad_bias, grad_set_weight
+
+
+def _hn_norm_backward_fake(grad_y, x, groups, weight, set_weight, stats):
+    _check_backward(grad_y, x, groups, weight, set_weight, stats)
+    c = x.shape[1]
+    return torch.empty_like(x), x.new_empty(c), x.new_empty(c), torch.empty_like(set_weight)
+
+
+def _hn_update_running(running_mean, running_var, running_center, stats, groups, factor):
+    """Running statistics of one layer ((C,), (sum(groups),)) or of K layers stacked ((K, C), (K, sum(groups)))
+    move towards ``stats`` ((L,) or (K, L)) by ``factor``."""
+    _check_update(running_mean, running_var, running_center, stats, groups)
+    channels, total = running_mean.shape[-1], sum(groups)
+    mean, set_mean = stats[..., :channels], stats[..., channels : channels + total]
+    set_var_unbiased = stats[..., -total:]
+    if running_center is None:
+        torch._foreach_lerp_((running_mean, running_var), (mean, set_var_unbiased), factor)
+    else:
+        torch._foreach_lerp_((running_mean, running_var, running_center), (mean, set_var_unbiased, set_mean), factor)
+
+
+def _hn_update_running_fake(running_mean, running_var, running_center, stats, groups, factor):
+    _check_update(running_mean, running_var, running_center, stats, groups)
+
+
+# ---- autograd ----
+#
+# Two Functions share one backward: _HnNormForTransforms (setup_context, a generated vmap rule) works under
+# torch.func transforms and torch.compile and is the operator's Autograd kernel; _HnNorm, for plain eager tensors,
+# has the combined forward(ctx, ...), which Function.apply runs about 30 us faster (no argument binding, no
+# functorch bookkeeping), and calls the CPU kernels directly.
+
+
+def _save(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
+    x, groups, weight, bias, set_weight, _ = inputs
+    _, stats = output
+    ctx.save_for_backward(x, weight, set_weight, stats)
+    ctx.groups = groups
+    ctx.has_bias = bias is not None
+    ctx.mark_non_differentiable(stats)
+    ctx.set_materialize_grads(False)  # no zeros for the gradient of stats
+
+
+def _gradients(ctx, grad_y: Tensor | None, backward: Callable[..., tuple[Tensor, ...]]) -> tuple[Tensor | None, ...]:
+    """The gradients of hn_norm's inputs, from ``backward`` (the operator or its CPU kernel)."""
+    if grad_y is None:  # y took no part in the loss
+        return (None,) * 6
+    x, weight, set_weight, stats = ctx.saved_tensors
+    # contiguous(): free in eager; torch.compile may lay activations out otherwise.
+    grad_x, grad_weight, grad_bias, grad_set_weight = backward(
+        grad_y.contiguous(), x.contiguous(), ctx.groups, weight, set_weight, stats
+    )
+    affine = weight is not None
+    return grad_x, None, grad_weight if affine else None, grad_bias if ctx.has_bias else None, grad_set_weight, None
+
+
+class _HnNorm(torch.autograd.Function):
+    """``fedhn::hn_norm``'s kernels with their backward, for plain eager tensors; ``stats`` is not differentiable."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, var_logits, groups, eps, running):
-        n, c = x.shape[:2]
-        set_weight = _ONE if var_logits is None else torch.softmax(var_logits.detach().double(), 0)
-        y = torch.empty_like(x)
-        stats = x.new_empty(sum(_layout(c, groups)))
-        _check(
-            _library(x.dtype).fused_forward(
-                x.data_ptr(),
-                y.data_ptr(),
-                n,
-                c,
-                x.numel() // (n * c),
-                len(groups),
-                _groups_array(groups),
-                set_weight.data_ptr(),
-                _pointer(weight),
-                _pointer(bias),
-                eps,
-                *_stat_pointers(stats, c, groups),
-                *((None, None, None, 0.0) if running is None else (*map(_pointer, running[:3]), running.factor)),
-                _threads(x),
-            )
-        )
-        ctx.save_for_backward(x, weight, stats, set_weight)
-        ctx.groups = groups
-        ctx.logits_dtype = None if var_logits is None else var_logits.dtype
-        return y
+    def forward(ctx, *inputs):  # (x, groups, weight, bias, set_weight, eps)
+        output = _hn_norm(*inputs)
+        _save(ctx, inputs, output)
+        return output
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_y):
-        x, weight, stats, set_weight = ctx.saved_tensors
-        groups = ctx.groups
-        n, c = x.shape[:2]
-        grad_y = grad_y.contiguous()  # held: the kernel reads its memory
-        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        grad_weight, grad_bias = x.new_empty(2, c)
-        grad_set_weight = set_weight.new_empty(len(groups)) if ctx.needs_input_grad[3] else None
-        mean, set_mean, set_var, invstd = _stat_pointers(stats, c, groups)
-        _check(
-            _library(x.dtype).fused_backward(
-                grad_y.data_ptr(),
-                x.data_ptr(),
-                _pointer(grad_x),
-                n,
-                c,
-                x.numel() // (n * c),
-                len(groups),
-                _groups_array(groups),
-                set_weight.data_ptr(),
-                _pointer(weight),
-                mean,
-                set_mean,
-                set_var,
-                invstd,
-                grad_weight.data_ptr(),
-                grad_bias.data_ptr(),
-                _pointer(grad_set_weight),
-                _threads(x),
-            )
+    def backward(ctx, grad_y: Tensor | None, _grad_stats: None) -> tuple[Tensor | None, ...]:
+        return _gradients(ctx, grad_y, _hn_norm_backward)
+
+
+class _HnNormForTransforms(torch.autograd.Function):
+    """``fedhn::hn_norm`` with its backward operator, for torch.func transforms and torch.compile."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*inputs):  # (x, groups, weight, bias, set_weight, eps); *inputs binds fastest in Function.apply
+        x, *rest = inputs
+        return _NORM(x.contiguous(), *rest)
+
+    setup_context = staticmethod(_save)
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor | None, _grad_stats: None) -> tuple[Tensor | None, ...]:
+        return _gradients(ctx, grad_y, _BACKWARD)
+
+
+# Function.apply binds its arguments to forward's signature on every call: computed once, the binding is cheap.
+_HnNormForTransforms.forward.__signature__ = inspect.signature(_HnNormForTransforms.forward)
+
+
+def _hn_norm_autograd(x, groups, weight, bias, set_weight, eps):
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, set_weight)):
+        return _HnNormForTransforms.apply(x, groups, weight, bias, set_weight, eps)
+    with torch._C._AutoDispatchBelowAutograd():
+        return _NORM(x, groups, weight, bias, set_weight, eps)
+
+
+# ---- vmap rules: K members (K, N, C, ...) run as one input (N, K*C, ...) with K times the std groups ----
+
+
+def _members(tensor: Tensor | None, dim: int | None, size: int) -> Tensor | None:
+    """``tensor`` with its batch dimension first (expanded when it has none)."""
+    if tensor is None:
+        return None
+    return tensor.expand(size, *tensor.shape) if dim is None else tensor.movedim(dim, 0)
+
+
+def _pack(tensor: Tensor, dim: int | None, size: int) -> Tensor:
+    """(K, N, C, ...) members -> one contiguous (N, K*C, ...) input."""
+    tensor = _members(tensor, dim, size)
+    return tensor.transpose(0, 1).reshape(tensor.shape[1], -1, *tensor.shape[3:])
+
+
+def _pack_channels(tensor: Tensor | None, dim: int | None, size: int) -> Tensor | None:
+    """(K, ..., C) per-member channel vectors -> contiguous (..., K*C): weights, set weights."""
+    tensor = _members(tensor, dim, size)
+    return None if tensor is None else tensor.movedim(0, -2).reshape(*tensor.shape[1:-1], -1)
+
+
+_CHANNEL_PARTS = (0, 3)  # the parts of stats (see stat_sizes) with one entry per channel; the others per group
+
+
+def _pack_stats(stats: Tensor, dim: int | None, size: int, channels: int, groups: Sequence[int]) -> Tensor:
+    """(K, L) per-member statistics -> the statistics of the packed input, (K*L,)."""
+    parts = _members(stats, dim, size).split(stat_sizes(channels, groups), dim=1)
+    flat = []
+    for i, part in enumerate(parts):
+        sets = [part] if i in _CHANNEL_PARTS else part.split(list(groups), dim=1)
+        flat += [member_major.reshape(-1) for member_major in sets]
+    return torch.cat(flat)
+
+
+def _unpack_stats(stats: Tensor, size: int, channels: int, groups: Sequence[int]) -> Tensor:
+    """The statistics of the packed input, (K*L,) -> (K, L) per-member statistics."""
+    packed_groups = [size * g for g in groups]
+    members = []
+    for i, part in enumerate(stats.split(stat_sizes(size * channels, packed_groups))):
+        sets = [part] if i in _CHANNEL_PARTS else part.split(packed_groups)
+        members += [set_major.view(size, -1) for set_major in sets]
+    return torch.cat(members, dim=1)
+
+
+def _hn_norm_vmap(info, in_dims, x, groups, weight, bias, set_weight, eps):
+    k = info.batch_size
+    x_dim, _, weight_dim, bias_dim, set_weight_dim, _ = in_dims
+    packed = _pack(x, x_dim, k)
+    y, stats = _NORM(
+        packed,
+        [k * g for g in groups],
+        _pack_channels(weight, weight_dim, k),
+        _pack_channels(bias, bias_dim, k),
+        _pack_channels(set_weight, set_weight_dim, k),
+        eps,
+    )
+    n, c = packed.shape[0], packed.shape[1] // k
+    return (y.view(n, k, c, *y.shape[2:]), _unpack_stats(stats, k, c, groups)), (1, 0)
+
+
+def _hn_norm_backward_vmap(info, in_dims, grad_y, x, groups, weight, set_weight, stats):
+    k = info.batch_size
+    grad_y_dim, x_dim, _, weight_dim, set_weight_dim, stats_dim = in_dims
+    packed = _pack(x, x_dim, k)
+    n, c = packed.shape[0], packed.shape[1] // k
+    grad_x, grad_weight, grad_bias, grad_set_weight = _BACKWARD(
+        _pack(grad_y, grad_y_dim, k),
+        packed,
+        [k * g for g in groups],
+        _pack_channels(weight, weight_dim, k),
+        _pack_channels(set_weight, set_weight_dim, k),
+        _pack_stats(stats, stats_dim, k, c, groups),
+    )
+    outputs = (
+        grad_x.view(n, k, c, *grad_x.shape[2:]),
+        grad_weight.view(k, c),
+        grad_bias.view(k, c),
+        grad_set_weight.view(len(groups), k, c),
+    )
+    return outputs, (1, 0, 0, 1)
+
+
+def _hn_update_running_vmap(info, in_dims, running_mean, running_var, running_center, stats, groups, factor):
+    if None in in_dims[:2] or (running_center is not None and in_dims[2] is None):
+        raise ValueError(
+            "fedhn::hn_update_running under vmap: the running statistics must be batched like the input (one set "
+            "per member, e.g. stacked with torch.func.stack_module_state), not shared by the members"
         )
-        grad_logits = None
-        if grad_set_weight is not None:
-            weighted = set_weight * grad_set_weight
-            grad_logits = (weighted - set_weight * weighted.sum()).to(ctx.logits_dtype)
-        affine = weight is not None
-        return grad_x, grad_weight if affine else None, grad_bias if affine else None, grad_logits, None, None, None
+    k = info.batch_size
+    running = [_members(t, d, k) for t, d in zip((running_mean, running_var, running_center), in_dims, strict=False)]
+    _UPDATE(*running, _members(stats, in_dims[3], k), groups, factor)
+    return None, None
 
 
-_ONE = torch.ones(1, dtype=torch.float64)
+_NAME = "fedhn::{}"
+for _op, (_impl, _fake, _vmap) in {
+    "hn_norm": (_hn_norm, _hn_norm_fake, _hn_norm_vmap),
+    "hn_norm_backward": (_hn_norm_backward, _hn_norm_backward_fake, _hn_norm_backward_vmap),
+    "hn_update_running": (_hn_update_running, _hn_update_running_fake, _hn_update_running_vmap),
+}.items():
+    _LIBRARY.impl(_op, _impl, "CPU")
+    torch.library.register_fake(_NAME.format(_op), _fake, lib=_LIBRARY)
+    torch.library.register_vmap(_NAME.format(_op), _vmap, lib=_LIBRARY)
+_LIBRARY.impl("hn_norm", _hn_norm_autograd, "Autograd")
 
-
-def _layout(channels: int, groups: tuple[int, ...]) -> list[int]:
-    """Lengths of the parts of the statistics vector: channel means, the means and (biased) variances of
-    every std set's groups, and the inverse std of each channel."""
-    return [channels, sum(groups), sum(groups), channels]
-
-
-def _stat_pointers(stats: Tensor, channels: int, groups: tuple[int, ...]) -> list[int]:
-    """Addresses of the parts of the statistics vector, in :func:`_layout`'s order."""
-    offsets = itertools.accumulate(_layout(channels, groups)[:-1], initial=0)
-    return [stats.data_ptr() + offset * stats.element_size() for offset in offsets]
+_NORM = torch.ops.fedhn.hn_norm.default
+_BACKWARD = torch.ops.fedhn.hn_norm_backward.default
+_UPDATE = torch.ops.fedhn.hn_update_running.default
 
 
 @functools.cache
@@ -182,50 +461,5 @@ def _groups_array(groups: tuple[int, ...]) -> ctypes.Array:
     return (ctypes.c_int64 * len(groups))(*groups)
 
 
-def _pointer(tensor: Tensor | None) -> int | None:
-    return None if tensor is None else tensor.data_ptr()
-
-
 def _threads(x: Tensor) -> int:
     return torch.get_num_threads() if x.numel() >= _PARALLEL_MIN_ELEMENTS else 1
-
-
-def _check(status: int) -> None:
-    if status:
-        raise MemoryError("the fused norm kernel could not allocate its per-channel workspace")
-
-
-@functools.cache
-def _library(dtype: torch.dtype) -> ctypes.CDLL | None:
-    """The compiled kernel for ``dtype`` (built once per source, compiler and flags), or ``None``
-    with a warning when it cannot be built."""
-    scalar = _SCALARS[dtype]
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        warnings.warn(
-            "fedhn: no C compiler found (set CC); heterologous norms use the slower general path", stacklevel=3
-        )
-        return None
-    command = [compiler, *_FLAGS, f"-DSCALAR={scalar}"]
-    key = hashlib.sha256((SOURCE + " ".join(command)).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fedhn"
-    path = cache / f"fused_norm_{scalar}_{key}.so"
-    try:
-        if not path.exists():
-            cache.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=cache) as build:
-                source, built = Path(build) / "fused_kernel.c", Path(build) / path.name
-                source.write_text(SOURCE)
-                subprocess.run([*command, str(source), "-o", str(built), "-lm"], check=True, capture_output=True)
-                os.replace(built, path)
-        library = ctypes.CDLL(str(path))
-    except (OSError, subprocess.CalledProcessError) as error:
-        detail = error.stderr.decode(errors="replace") if isinstance(error, subprocess.CalledProcessError) else error
-        warnings.warn(
-            f"fedhn: could not build the fused norm kernel ({detail}); heterologous norms use the slower general path",
-            stacklevel=3,
-        )
-        return None
-    library.fused_forward.argtypes = _FORWARD_ARGS
-    library.fused_backward.argtypes = _BACKWARD_ARGS
-    return library

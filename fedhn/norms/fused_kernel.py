@@ -1,4 +1,5 @@
-"""C source of the fused HeterologousNorm kernels (compiled at first use by :mod:`fedhn.norms.fused`).
+"""C source of the fused HeterologousNorm kernels (compiled at first use by :mod:`fedhn.norms.kernel_build`, called
+by the operators of :mod:`fedhn.norms.fused`).
 
 It lives in a Python module so that it ships wherever the package's Python files go, including the
 Flower App bundle (FAB), which carries only ``.py``/``.toml``/``.md``-like files.
@@ -9,12 +10,16 @@ SOURCE = r"""/* Training-mode kernels of HeterologousNorm with the mean set bn a
  *
  * Compiled with -DSCALAR=float or -DSCALAR=double. Inputs are contiguous (N, C, S). Std set k splits the
  * C channels into groups[k] groups of consecutive channels; its group statistics sit at offset
- * groups[0] + ... + groups[k-1] of set_mean / set_var, and set_weight[k] is its softmax weight.
+ * groups[0] + ... + groups[k-1] of set_mean / set_var. The statistics vector `stats` holds, in this order,
+ * mean (C), set_mean (G), set_var (G, biased), invstd (C) and set_var_unbiased (G), G the total group count
+ * of all sets. set_weight[k * C + c] is set k's weight in channel c
+ * (the softmax weights of a mixture, per channel so that packed clients, whose channels are concatenated,
+ * can each have their own).
  *
- * Forward: y = weight_c * (x - mean_c) * invstd_c + bias_c, invstd_c = (sum_k w_k var_{k,g(c)} + eps)^-1/2,
+ * Forward: y = weight_c * (x - mean_c) * invstd_c + bias_c, invstd_c = (sum_k w_kc var_{k,g(c)} + eps)^-1/2,
  * var_{k,g} the biased variance of group g around its own mean. Backward, with a_c = weight_c * invstd_c:
  *   dx = a_c * (dy - mean_c(dy)) + sum_k coef_{k,g(c)} * (x - mean_{k,g(c)}),
- *   coef_{k,g} = 2 w_k / M_{k,g} * sum_{c in g} dL/dv_c,  dL/dv_c = -weight_c * invstd_c^3 * sum_c(dy * (x - mean_c)) / 2.
+ *   coef_{k,g} = 2 / M_{k,g} * sum_{c in g} w_kc dL/dv_c,  dL/dv_c = -weight_c * invstd_c^3 * sum_c(dy * (x - mean_c)) / 2.
  * Each direction makes the passes of nn.BatchNorm2d's CPU kernels: a reduction per channel (forward: over
  * x, twice, the second time mostly from cache; backward: over dy and x once), then one elementwise pass.
  */
@@ -95,20 +100,20 @@ static void channel_affine(const scalar *u, const scalar *x, scalar *out, int64_
     }
 }
 
-/* running += factor * (batch - running), computed in double (torch's lerp_). */
-static void update_running(scalar *running, double batch, double factor) {
-    *running = (scalar)((double)*running + factor * (batch - (double)*running));
+static int64_t total_groups(int64_t num_sets, const int64_t *groups) {
+    int64_t total = 0;
+    for (int64_t k = 0; k < num_sets; ++k) total += groups[k];
+    return total;
 }
 
-/* Writes y, the channel means, the moments of every std set (set_mean, set_var, biased) and
- * invstd. weight and bias may be NULL. Unless running_mean is NULL, also moves the running statistics
- * towards the batch's by factor: running_mean (per channel), running_var (the unbiased variance of every
- * std set's groups, laid out as set_var) and, unless NULL, running_center (their means, as set_mean).
- * Returns 0, or 1 when out of memory. */
+/* Writes y and the statistics vector (the channel means, the moments of every std set, invstd). weight and
+ * bias may be NULL. Returns 0, or 1 when out of memory. */
 int fused_forward(const scalar *x, scalar *y, int64_t n, int64_t c, int64_t s, int64_t num_sets, const int64_t *groups,
-                  const double *set_weight, const scalar *weight, const scalar *bias, double eps, scalar *mean,
-                  scalar *set_mean, scalar *set_var, scalar *invstd, scalar *running_mean,
-                  scalar *running_var, scalar *running_center, double factor, int threads) {
+                  const double *set_weight, const scalar *weight, const scalar *bias, double eps, scalar *stats,
+                  int threads) {
+    const int64_t g_total = total_groups(num_sets, groups);
+    scalar *mean = stats, *set_mean = stats + c, *set_var = set_mean + g_total, *invstd = set_var + g_total,
+           *set_var_unbiased = invstd + c;
     double *work = malloc(sizeof(double) * 3 * c);
     scalar *coef = malloc(sizeof(scalar) * 2 * c);
     if (!work || !coef) {
@@ -122,6 +127,7 @@ int fused_forward(const scalar *x, scalar *y, int64_t n, int64_t c, int64_t s, i
     for (int64_t ch = 0; ch < c; ++ch) mixed_var[ch] = 0.0;
     for (int64_t k = 0, offset = 0; k < num_sets; offset += groups[k], ++k) {
         const int64_t per_group = c / groups[k];
+        const double *w = set_weight + k * c;
         for (int64_t g = 0; g < groups[k]; ++g) {
             const int64_t first = g * per_group;
             double group_mean = 0.0, group_var = 0.0;
@@ -134,19 +140,15 @@ int fused_forward(const scalar *x, scalar *y, int64_t n, int64_t c, int64_t s, i
             group_var /= (double)per_group;
             set_mean[offset + g] = (scalar)group_mean;
             set_var[offset + g] = (scalar)group_var;
-            if (running_mean) {
-                const double count = (double)n * (double)s * (double)per_group;
-                update_running(running_var + offset + g, group_var * count / (count - 1.0), factor);
-                if (running_center) update_running(running_center + offset + g, group_mean, factor);
-            }
-            for (int64_t ch = first; ch < first + per_group; ++ch) mixed_var[ch] += set_weight[k] * group_var;
+            const double count = (double)n * (double)s * (double)per_group;
+            set_var_unbiased[offset + g] = (scalar)(group_var * count / (count - 1.0));
+            for (int64_t ch = first; ch < first + per_group; ++ch) mixed_var[ch] += w[ch] * group_var;
         }
     }
     for (int64_t ch = 0; ch < c; ++ch) {
         const double r = 1.0 / sqrt(mixed_var[ch] + eps);
         mean[ch] = (scalar)channel_mean[ch];
         invstd[ch] = (scalar)r;
-        if (running_mean) update_running(running_mean + ch, channel_mean[ch], factor);
         scale[ch] = (scalar)(weight ? weight[ch] * r : r);
         shift[ch] = bias ? bias[ch] : (scalar)0;
     }
@@ -156,12 +158,13 @@ int fused_forward(const scalar *x, scalar *y, int64_t n, int64_t c, int64_t s, i
     return 0;
 }
 
-/* Writes dx and grad_set_weight (d loss / d set_weight[k]) unless NULL, grad_weight and grad_bias, from the
- * forward's mean, set_mean, set_var and invstd. weight may be NULL. Returns 0, or 1 when out of memory. */
+/* Writes dx, grad_set_weight (d loss / d set_weight, laid out as set_weight), grad_weight and grad_bias, from the
+ * forward's statistics vector. weight may be NULL. Returns 0, or 1 when out of memory. */
 int fused_backward(const scalar *dy, const scalar *x, scalar *dx, int64_t n, int64_t c, int64_t s, int64_t num_sets,
-                   const int64_t *groups, const double *set_weight, const scalar *weight, const scalar *mean,
-                   const scalar *set_mean, const scalar *set_var, const scalar *invstd, scalar *grad_weight,
-                   scalar *grad_bias, double *grad_set_weight, int threads) {
+                   const int64_t *groups, const double *set_weight, const scalar *weight, const scalar *stats,
+                   scalar *grad_weight, scalar *grad_bias, double *grad_set_weight, int threads) {
+    const int64_t g_total = total_groups(num_sets, groups);
+    const scalar *mean = stats, *set_mean = stats + c, *set_var = set_mean + g_total, *invstd = set_var + g_total;
     double *work = malloc(sizeof(double) * 5 * c);
     scalar *coef = malloc(sizeof(scalar) * 3 * c);
     if (!work || !coef) {
@@ -184,29 +187,29 @@ int fused_backward(const scalar *dy, const scalar *x, scalar *dx, int64_t n, int
     for (int64_t k = 0, offset = 0; k < num_sets; offset += groups[k], ++k) {
         const int64_t per_group = c / groups[k];
         const double group_count = channel_count * (double)per_group;
-        double set_grad = 0.0;
+        const double *w = set_weight + k * c;
+        double *grad_w = grad_set_weight + k * c;
         for (int64_t g = 0; g < groups[k]; ++g) {
             const int64_t first = g * per_group;
             double group_grad = 0.0;
-            for (int64_t ch = first; ch < first + per_group; ++ch) group_grad += grad_var[ch];
-            set_grad += group_grad * set_var[offset + g];
-            const double slope = 2.0 * set_weight[k] * group_grad / group_count;
+            for (int64_t ch = first; ch < first + per_group; ++ch) {
+                group_grad += w[ch] * grad_var[ch];
+                grad_w[ch] = grad_var[ch] * (double)set_var[offset + g];
+            }
+            const double slope = 2.0 * group_grad / group_count;
             for (int64_t ch = first; ch < first + per_group; ++ch) {
                 x_coef[ch] += slope;
                 offset_coef[ch] += slope * ((double)mean[ch] - (double)set_mean[offset + g]);
             }
         }
-        if (grad_set_weight) grad_set_weight[k] = set_grad;
     }
-    if (dx) {
-        scalar *a = coef, *b = coef + c, *d = coef + 2 * c;
-        for (int64_t ch = 0; ch < c; ++ch) {
-            a[ch] = (scalar)((weight ? weight[ch] : 1.0) * invstd[ch]);
-            b[ch] = (scalar)x_coef[ch];
-            d[ch] = (scalar)offset_coef[ch];
-        }
-        channel_affine(dy, x, dx, n, c, s, a, b, mean, d, threads);
+    scalar *a = coef, *b = coef + c, *d = coef + 2 * c;
+    for (int64_t ch = 0; ch < c; ++ch) {
+        a[ch] = (scalar)((weight ? weight[ch] : 1.0) * invstd[ch]);
+        b[ch] = (scalar)x_coef[ch];
+        d[ch] = (scalar)offset_coef[ch];
     }
+    channel_affine(dy, x, dx, n, c, s, a, b, mean, d, threads);
     free(work);
     free(coef);
     return 0;

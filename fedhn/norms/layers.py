@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedhn.norms.functional import expand_groups, mix, normalize, pool_moments, set_moments, set_size
-from fedhn.norms.fused import Running, accepts, fused_norm
+from fedhn.norms.fused import accepts, fused_norm, update_running
 from fedhn.norms.pixel_sets import PixelSet, parse_pixel_sets
 from fedhn.norms.spec import NormSpec
 
@@ -157,13 +157,12 @@ class HeterologousNorm(nn.Module):
         return self._forward_heterologous(x)
 
     def _forward_fused(self, x: Tensor) -> Tensor:
-        """Training with the mean set bn and batch std sets: :mod:`fedhn.norms.fused`'s kernel, which also
-        updates the running statistics."""
-        running = None
-        if self.has_running_stats:
-            center = getattr(self, "running_var_center", None)
-            running = Running(self.running_mean, self.running_var, center, self._update_factor())
-        return fused_norm(x, self.std_sets, self.weight, self.bias, self.var_logits, self.eps, running)
+        """Training with the mean set bn and batch std sets: :mod:`fedhn.norms.fused`'s operators (the
+        normalization, then the running statistics' update)."""
+        y, stats = fused_norm(x, self.std_sets, self.weight, self.bias, self.var_logits, self.eps)
+        center = getattr(self, "running_var_center", None)
+        update_running(stats, self.running_mean, self.running_var, center, self.std_sets, self._update_factor())
+        return y
 
     def _forward_running(self, x: Tensor) -> Tensor:
         """Eval with one batch mean set and one batch std set: BatchNorm's native kernel on the running

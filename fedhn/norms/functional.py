@@ -19,7 +19,16 @@ from torch import Tensor
 
 from fedhn.norms.pixel_sets import PixelSet
 
-__all__ = ["set_moments", "pool_moments", "expand_groups", "set_size", "mix", "affine_coefficients", "normalize"]
+__all__ = [
+    "set_moments",
+    "pool_moments",
+    "expand_groups",
+    "set_size",
+    "unbiased",
+    "mix",
+    "affine_coefficients",
+    "normalize",
+]
 
 
 def pool_moments(means: Tensor, variances: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
@@ -50,6 +59,12 @@ def set_moments(x3: Tensor, sets: Iterable[PixelSet]) -> dict[PixelSet, tuple[Te
         m, v = pool_moments(mean.view(-1, groups, c // groups), var.view(-1, groups, c // groups), dims)
         moments[s] = (m.view(m.shape[0], groups), v.view(v.shape[0], groups))
     return moments
+
+
+def unbiased(variance: Tensor, count: float) -> Tensor:
+    """The unbiased variance of ``count`` values from their biased ``variance`` (Bessel's correction, as
+    BatchNorm stores its running variance; the fused kernel applies the same factor in C)."""
+    return variance * (count / (count - 1))
 
 
 def set_size(s: PixelSet, shape: Sequence[int]) -> int:

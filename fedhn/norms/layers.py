@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fedhn.norms.functional import expand_groups, mix, normalize, pool_moments, set_moments, set_size
+from fedhn.norms.functional import expand_groups, mix, normalize, pool_moments, set_moments, set_size, unbiased
 from fedhn.norms.fused import accepts, fused_norm, update_running
 from fedhn.norms.pixel_sets import PixelSet, parse_pixel_sets
 from fedhn.norms.spec import NormSpec
@@ -106,7 +106,7 @@ class HeterologousNorm(nn.Module):
                     self.running_mean[segment] = mean.view(-1).to(self.running_mean)
                     continue
                 pixels = count * channels / groups
-                self.running_var[segment] = (var.view(-1) * pixels / (pixels - 1)).to(self.running_var)
+                self.running_var[segment] = unbiased(var.view(-1), pixels).to(self.running_var)
                 if hasattr(self, "running_var_center"):
                     self.running_var_center[segment] = mean.view(-1).to(self.running_var_center)
 
@@ -216,8 +216,8 @@ class HeterologousNorm(nn.Module):
         for s in self._running_var_sets:
             segment = _segment(self._running_var_sets, s, self.num_features)
             count = set_size(s, shape)
-            unbiased = moments[s][1][0] * (count / (count - 1))
-            self.running_var[segment].lerp_(unbiased.to(self.running_var.dtype), factor)
+            variance = unbiased(moments[s][1][0], count)
+            self.running_var[segment].lerp_(variance.to(self.running_var.dtype), factor)
             if hasattr(self, "running_var_center"):
                 self.running_var_center[segment].lerp_(moments[s][0][0].to(self.running_var_center.dtype), factor)
 

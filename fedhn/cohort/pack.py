@@ -28,36 +28,43 @@ from fedhn.norms import HeterologousNorm
 
 __all__ = ["CONVERTERS", "Cohort", "pack", "pack_inputs", "unpack"]
 
-Converter = Callable[[Sequence[nn.Module], Selection], nn.Module]
+# (the K models' modules at one place, the cohort's selection, the place's name) -> the cohort module
+Converter = Callable[[Sequence[nn.Module], Selection, str], nn.Module]
 
 
-def _kept(modules: Sequence[nn.Module], selection: Selection) -> nn.Module:
+def _layer(cohort_type: Callable[[Sequence[nn.Module], Selection], nn.Module]) -> Converter:
+    """The converter that builds ``cohort_type(modules, selection)``."""
+    return lambda modules, selection, path: cohort_type(modules, selection)
+
+
+def _kept(modules: Sequence[nn.Module], selection: Selection, path: str) -> nn.Module:
     """A stateless layer that acts on each channel (or sample) alone: the same layer."""
     return copy.deepcopy(modules[0])
 
 
-def _flatten(modules: Sequence[nn.Flatten], selection: Selection) -> nn.Module:
+def _flatten(modules: Sequence[nn.Flatten], selection: Selection, path: str) -> nn.Module:
     """Flattening (B, k*C, H, W) from dim 1 keeps each member's features together: the same layer."""
     if (modules[0].start_dim, modules[0].end_dim) != (1, -1):
         raise ValueError(f"cannot pack {modules[0]}: only Flatten(start_dim=1, end_dim=-1) keeps the members apart")
-    return _kept(modules, selection)
+    return _kept(modules, selection, path)
 
 
-def _container(modules: Sequence[nn.Module], selection: Selection) -> nn.Module:
+def _container(modules: Sequence[nn.Module], selection: Selection, path: str) -> nn.Module:
     """A module whose forward only chains its children: a copy with the children converted."""
     shell = copy.copy(modules[0])
     if shell._parameters or shell._buffers:
         raise ValueError(f"cannot pack {type(shell).__qualname__}: it holds parameters or buffers of its own")
     shell._modules = {
-        name: _convert([module._modules[name] for module in modules], selection, name) for name in modules[0]._modules
+        name: _convert([module._modules[name] for module in modules], selection, f"{path}.{name}")
+        for name in modules[0]._modules
     }
     return shell
 
 
 CONVERTERS: dict[type[nn.Module], Converter] = {
-    nn.Conv2d: CohortConv2d,
-    nn.Linear: CohortLinear,
-    HeterologousNorm: CohortNorm,
+    nn.Conv2d: _layer(CohortConv2d),
+    nn.Linear: _layer(CohortLinear),
+    HeterologousNorm: _layer(CohortNorm),
     nn.ReLU: _kept,
     nn.Identity: _kept,
     nn.AdaptiveAvgPool2d: _kept,
@@ -80,7 +87,7 @@ def _convert(modules: Sequence[nn.Module], selection: Selection, path: str) -> n
             "add one to fedhn.cohort.CONVERTERS or train these models with fedhn.cohort.FunctionalCohort"
         )
     try:
-        return converter(modules, selection)
+        return converter(modules, selection, path)
     except ValueError as error:
         raise ValueError(f"cannot pack {path}: {error}") from None
 

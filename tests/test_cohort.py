@@ -97,6 +97,13 @@ def test_packed_mlp_equals_one_by_one(norm):
 
 
 @pytest.mark.parametrize("norm", ["bn", "hn"])
+def test_packed_cohort_whose_members_all_train_every_step_equals_one_by_one(norm):
+    sizes = ((2, 6),) * 3
+    models = _models(lambda: _resnet8(norm), len(sizes))
+    _compare(models, pack(models), sizes, _data((3, 8, 8), sizes), True, 2, atol=1e-10)
+
+
+@pytest.mark.parametrize("norm", ["bn", "hn"])
 def test_packed_float32_matches_one_by_one(norm):
     torch.set_default_dtype(torch.float32)
     models = _models(lambda: _resnet8(norm), len(RESNET_CLIENTS))

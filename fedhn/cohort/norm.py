@@ -116,12 +116,13 @@ class CohortNorm(nn.Module):
         """``F.batch_norm`` over the k*C channels. Its backward reads the running statistics it updated,
         so a step that runs several groups (which update other rows of the same buffers before the
         backward) hands it copies."""
-        running = [state[name].view(-1) for name in ("running_mean", "running_var")]
-        if self.selection.count < self.selection.size:
-            running = [rows.clone() for rows in running]
+        names = ("running_mean", "running_var")
+        if self.selection.count == self.selection.size:
+            return F.batch_norm(x, *(state[name].view(-1) for name in names), weight, bias, True, factor, self.eps)
+        running = [state[name].view(-1).clone() for name in names]
         y = F.batch_norm(x, *running, weight, bias, True, factor, self.eps)
         with torch.no_grad():
-            for name, rows in zip(("running_mean", "running_var"), running, strict=True):
+            for name, rows in zip(names, running, strict=True):
                 state[name].copy_(rows.view_as(state[name]))
         return y
 

@@ -4,8 +4,10 @@
 
 Every client holds the same number of random CIFAR-shaped (3x32x32) examples and trains resnet8 for one
 epoch (linear lr scaling, momentum 0.9, weight decay 5e-4, no augmentation). Scenarios: every client at
-batch 2; batch sizes 2, 3, 4 in turn; batch sizes 2, 4, ..., 128 in turn (capped at the partition size).
-Candidates, timed side by side in interleaved repeats (medians, :func:`benchmarks.timing.measure`):
+batch 2; batch sizes 2, 3, 4 in turn; batch sizes 2, 4, ..., 128 in turn (capped at the partition size:
+pass ``--examples 128`` for the whole range).
+Candidates (all norms of one scenario and K), timed side by side in ABBA-ordered repeats
+(:func:`benchmarks.throughput.paired`):
 
 - ``one-by-one``: :func:`fedhn.training.train` for each client in turn;
 - ``packed``: :func:`fedhn.cohort.pack` of the K models, :func:`fedhn.cohort.train_packed`, :func:`fedhn.cohort.unpack`;
@@ -22,7 +24,8 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks.timing import environment, markdown_table, measure
+from benchmarks.throughput import paired
+from benchmarks.timing import environment, markdown_table
 from fedhn.cohort import Client, pack, train_packed, unpack
 from fedhn.models import build_model
 from fedhn.training import client_lr, train
@@ -76,37 +79,52 @@ def candidates(norm: str, batches: list[int], examples: int) -> dict[str, Callab
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="K 8 and 32, 32 examples per client, 3 repeats")
+    parser.add_argument("--quick", action="store_true", help="K 8 and 32, 16 examples per client, 3 repeats")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
-    parser.add_argument("--norms", nargs="+", default=NORMS, help=f"norm specs (default {' '.join(NORMS)})")
+    parser.add_argument(
+        "--norms", nargs="+", default=NORMS, help=f"norm specs, the first is the base (default {' '.join(NORMS)})"
+    )
     parser.add_argument("--clients", type=int, nargs="+", help="K values (default 8 32 128; quick: 8 32)")
+    parser.add_argument("--examples", type=int, help="examples per client, caps the batch sizes (default 32; quick 16)")
+    parser.add_argument("--repeats", type=int, help="timed repeats (default 5; quick 3)")
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    examples, repeats, min_seconds = (32, 3, 0.5) if args.quick else (128, 7, 2.0)
+    examples = args.examples or (16 if args.quick else 32)
+    repeats = args.repeats or (3 if args.quick else 5)
     client_counts = args.clients or (CLIENTS[:2] if args.quick else CLIENTS)
+    base = args.norms[0]
     print(environment())
-    print(f"resnet8, 3x32x32, one epoch of {examples} examples per client; samples/s (median of {repeats})\n")
-    rows, packed_rate = [], {}
-    for scenario, clients, norm in itertools.product(args.scenarios, client_counts, args.norms):
+    print(
+        f"resnet8, 3x32x32, one epoch of {examples} examples per client. samples/s: median wall time of {repeats} "
+        f"repeats; ratios (of samples/s): medians of CPU-time ratios of calls made side by side, so that other "
+        f"processes on the machine weigh less\n"
+    )
+    rows = []
+    for scenario, clients in itertools.product(args.scenarios, client_counts):
         batches = _client_batches(scenario, clients, examples)
-        seconds = measure(candidates(norm, batches, examples), repeats, min_seconds)
-        rate = {name: clients * examples / value for name, value in seconds.items()}
-        packed_rate[scenario, clients, norm] = rate["packed"]
-        bn = packed_rate.get((scenario, clients, "bn"))
-        rows.append(
-            [scenario, clients, norm, rate["one-by-one"], rate["packed"], rate["ceiling"],
-             rate["packed"] / rate["one-by-one"], rate["packed"] / rate["ceiling"],
-             "" if bn is None else rate["packed"] / bn]
-        )  # fmt: skip
-        print(markdown_table(HEADER, rows[-1:]).splitlines()[-1], flush=True)
+        table = {
+            f"{norm} {kind}": run for norm in args.norms for kind, run in candidates(norm, batches, examples).items()
+        }
+        timing = paired({f"{base} packed": table.pop(f"{base} packed"), **table}, repeats)
+        for norm in args.norms:
+            wall = {kind: clients * examples / timing[f"{norm} {kind}"][0] for kind in KINDS}
+            cpu = {kind: timing[f"{norm} {kind}"][2] for kind in KINDS}  # CPU time per call relative to the base
+            rows.append(
+                [scenario, clients, norm, *wall.values(), cpu["one-by-one"] / cpu["packed"],
+                 cpu["ceiling"] / cpu["packed"], 1 / cpu["packed"]]
+            )  # fmt: skip
+            print(markdown_table(_header(base), rows[-1:]).splitlines()[-1], flush=True)
     print()
-    print(markdown_table(HEADER, rows))
+    print(markdown_table(_header(base), rows))
 
 
-HEADER = (
-    "scenario", "K", "norm", "one-by-one", "packed", "ceiling", "packed/one-by-one", "packed/ceiling", "packed/bn-packed"
-)  # fmt: skip
+KINDS = ("one-by-one", "packed", "ceiling")
+
+
+def _header(base: str) -> tuple[str, ...]:
+    return ("scenario", "K", "norm", *KINDS, "packed/one-by-one", "packed/ceiling", f"packed/{base}-packed")
+
 
 if __name__ == "__main__":
     main()

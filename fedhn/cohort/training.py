@@ -56,6 +56,9 @@ def train_packed(
     finally:
         cohort.reorder_(torch.argsort(permutation))
     by_client = dict(zip(order, results, strict=True))
+    diverged = [k for k in range(len(clients)) if not math.isfinite(by_client[k].loss)]
+    if diverged:
+        raise FloatingPointError(f"training diverged for clients {diverged}; lower lr")
     return [by_client[k] for k in range(len(clients))]
 
 
@@ -107,9 +110,6 @@ def _lockstep(
             steps[k] += 1
         active = [k for k in active if steps[k] < total_steps[k]]
     means = (total_loss.double().cpu() / torch.tensor(steps)).tolist()
-    diverged = [k for k, loss in enumerate(means) if not math.isfinite(loss)]
-    if diverged:
-        raise FloatingPointError(f"training diverged for members {diverged}; lower lr")
     return [
         TrainResult(mean, count, len(c.images) * epochs, min(c.batch_size, len(c.images)))
         for mean, count, c in zip(means, steps, clients, strict=True)

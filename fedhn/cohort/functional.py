@@ -25,7 +25,10 @@ from fedhn.norms import HeterologousNorm
 __all__ = ["FunctionalCohort"]
 
 
-def _loss(template: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], images: Tensor, labels: Tensor):
+def _loss(
+    template: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], images: Tensor, labels: Tensor
+) -> Tensor:
+    """One member's mean cross-entropy on its batch, with its parameters and buffers."""
     return F.cross_entropy(functional_call(template, (params, buffers), (images,)), labels)
 
 

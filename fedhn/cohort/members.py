@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["Members", "Selection", "as_members", "count", "put_", "runs", "take"]
+__all__ = ["Members", "Selection", "as_members", "count", "is_all", "put_", "runs", "take"]
 
 Members = slice | Tensor
 
@@ -44,10 +44,15 @@ def count(members: Members, size: int) -> int:
     return len(range(size)[members]) if isinstance(members, slice) else len(members)
 
 
+def is_all(members: Members, size: int) -> bool:
+    """Whether ``members`` is a slice of all ``size`` members."""
+    return isinstance(members, slice) and range(size)[members] == range(size)
+
+
 def take(tensor: Tensor, members: Members) -> Tensor:
     """The rows of ``members``: ``tensor`` itself for all members, a view for a slice, a copy for indices."""
     if isinstance(members, slice):
-        return tensor if range(len(tensor))[members] == range(len(tensor)) else tensor[members]
+        return tensor if is_all(members, len(tensor)) else tensor[members]
     return tensor.index_select(0, members.to(tensor.device))
 
 

@@ -49,12 +49,15 @@ def train_packed(
     plans = [_plan(client, epochs) for client in clients]
     order = sorted(range(len(clients)), key=lambda k: plans[k])
     permutation = torch.tensor(order)
-    cohort.reorder_(permutation)
+    reorder = order != sorted(order)
+    if reorder:
+        cohort.reorder_(permutation)
     try:
         members = [clients[k] for k in order]
         results = _lockstep(cohort, members, [-plans[k][1] for k in order], epochs, momentum, weight_decay)
     finally:
-        cohort.reorder_(torch.argsort(permutation))
+        if reorder:
+            cohort.reorder_(torch.argsort(permutation))
     by_client = dict(zip(order, results, strict=True))
     diverged = [k for k in range(len(clients)) if not math.isfinite(by_client[k].loss)]
     if diverged:

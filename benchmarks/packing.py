@@ -1,0 +1,130 @@
+"""Local training samples/s of K clients: packed (:mod:`fedhn.cohort`) vs one by one vs the ceiling.
+
+    python -m benchmarks.packing [--quick] [--threads N] [--norms bn hn] [--clients 8 32 128]
+
+Every client holds the same number of random CIFAR-shaped (3x32x32) examples and trains resnet8 for one
+epoch (linear lr scaling, momentum 0.9, weight decay 5e-4, no augmentation). Scenarios: every client at
+batch 2; batch sizes 2, 3, 4 in turn; batch sizes 2, 4, ..., 128 in turn (capped at the partition size:
+pass ``--examples 128`` for the whole range).
+Candidates (all norms of one scenario and K), timed side by side in ABBA-ordered repeats
+(:func:`benchmarks.throughput.paired`):
+
+- ``one-by-one``: :func:`fedhn.training.train` for each client in turn;
+- ``packed``: :func:`fedhn.cohort.pack` of the K models, :func:`fedhn.cohort.train_packed`, :func:`fedhn.cohort.unpack`;
+- ``ceiling``: per batch size b held by m clients, one model trained at batch m*b on all their examples
+  (the same work as one wide step, without grouping).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from collections import Counter
+from collections.abc import Callable
+
+import torch
+
+from benchmarks.throughput import paired
+from benchmarks.timing import environment, markdown_table
+from fedhn.cohort import Client, pack, train_packed, unpack
+from fedhn.models import build_model
+from fedhn.training import client_lr, train
+
+NORMS = ("bn", "gn_g4", "hn", "hn_g8")
+CLIENTS = (8, 32, 128)
+SCENARIOS: dict[str, tuple[int, ...]] = {"b2": (2,), "b2-4": (2, 3, 4), "b2..128": (2, 4, 8, 16, 32, 64, 128)}
+SETTINGS = dict(momentum=0.9, weight_decay=5e-4)
+
+
+def _client_batches(scenario: str, clients: int, examples: int) -> list[int]:
+    return [min(b, examples) for b in itertools.islice(itertools.cycle(SCENARIOS[scenario]), clients)]
+
+
+def candidates(norm: str, batches: list[int], examples: int) -> dict[str, Callable[[], object]]:
+    """One local epoch of every client, three ways, on the same data (each way with its own models)."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(len(batches), examples, 3, 32, 32, generator=generator)
+    labels = torch.randint(0, 10, (len(batches), examples), generator=generator)
+    models = []
+    for seed in range(len(batches)):
+        torch.manual_seed(seed)
+        models.append(build_model("resnet8", 10, norm))
+
+    def clients() -> list[Client]:
+        return [
+            Client(images[k], labels[k], b, client_lr(0.1, b, "linear"), torch.Generator().manual_seed(k))
+            for k, b in enumerate(batches)
+        ]
+
+    def one_by_one() -> None:
+        for client, model in zip(clients(), models, strict=True):
+            train(model, client.images, client.labels, batch_size=client.batch_size, epochs=1, lr=client.lr,
+                  generator=client.generator, **SETTINGS)  # fmt: skip
+
+    def packed() -> None:
+        cohort = pack(models)
+        train_packed(cohort, clients(), epochs=1, **SETTINGS)
+        unpack(cohort)
+
+    counts = Counter(batches)
+    wide = {b: build_model("resnet8", 10, norm) for b in counts}
+
+    def ceiling() -> None:
+        for b, count in counts.items():
+            train(wide[b], images[:count].flatten(0, 1), labels[:count].flatten(), batch_size=b * count, epochs=1,
+                  lr=client_lr(0.1, b, "linear"), generator=torch.Generator().manual_seed(0), **SETTINGS)  # fmt: skip
+
+    return {"one-by-one": one_by_one, "packed": packed, "ceiling": ceiling}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="K 8 and 32, 16 examples per client, 3 repeats")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
+    parser.add_argument(
+        "--norms", nargs="+", default=NORMS, help=f"norm specs, the first is the base (default {' '.join(NORMS)})"
+    )
+    parser.add_argument("--clients", type=int, nargs="+", help="K values (default 8 32 128; quick: 8 32)")
+    parser.add_argument("--examples", type=int, help="examples per client, caps the batch sizes (default 32; quick 16)")
+    parser.add_argument("--repeats", type=int, help="timed repeats (default 5; quick 3)")
+    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    examples = args.examples or (16 if args.quick else 32)
+    repeats = args.repeats or (3 if args.quick else 5)
+    client_counts = args.clients or (CLIENTS[:2] if args.quick else CLIENTS)
+    base = args.norms[0]
+    print(environment())
+    print(
+        f"resnet8, 3x32x32, one epoch of {examples} examples per client. samples/s: median wall time of {repeats} "
+        f"repeats; ratios (of samples/s): medians of CPU-time ratios of calls made side by side, so that other "
+        f"processes on the machine weigh less\n"
+    )
+    rows = []
+    for scenario, clients in itertools.product(args.scenarios, client_counts):
+        batches = _client_batches(scenario, clients, examples)
+        table = {
+            f"{norm} {kind}": run for norm in args.norms for kind, run in candidates(norm, batches, examples).items()
+        }
+        timing = paired({f"{base} packed": table.pop(f"{base} packed"), **table}, repeats)
+        for norm in args.norms:
+            wall = {kind: clients * examples / timing[f"{norm} {kind}"][0] for kind in KINDS}
+            cpu = {kind: timing[f"{norm} {kind}"][2] for kind in KINDS}  # CPU time per call relative to the base
+            rows.append(
+                [scenario, clients, norm, *wall.values(), cpu["one-by-one"] / cpu["packed"],
+                 cpu["ceiling"] / cpu["packed"], 1 / cpu["packed"]]
+            )  # fmt: skip
+            print(markdown_table(_header(base), rows[-1:]).splitlines()[-1], flush=True)
+    print()
+    print(markdown_table(_header(base), rows))
+
+
+KINDS = ("one-by-one", "packed", "ceiling")
+
+
+def _header(base: str) -> tuple[str, ...]:
+    return ("scenario", "K", "norm", *KINDS, "packed/one-by-one", "packed/ceiling", f"packed/{base}-packed")
+
+
+if __name__ == "__main__":
+    main()

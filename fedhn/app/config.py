@@ -204,6 +204,11 @@ class RunConfig:
         "node i of N holds clients i*M .. i*M+M-1 of N*M (see *Packed clients*)",
         _at_least(1),
     )
+    pack_clients: bool = _key(
+        True,
+        "train a node's sampled clients together as one packed cohort (`false`: one after the other; same "
+        "results to float rounding)",
+    )
     node_aggregation: bool = _key(
         False,
         "nodes send the exact partial aggregate of their clients instead of every client's update (automatic "

@@ -2,7 +2,8 @@
 state, and the node's reply (every client's update, or the exact partial aggregate of its clients).
 
 Every client trains exactly as it would alone (its own partition, batch size, learning rate and
-random generator); a client that fails (an injected ``raise``, a diverged loss) has no update and
+random generator), several at once packed into one cohort (:mod:`fedhn.cohort`, run-config key
+``pack-clients``); a client that fails (an injected ``raise``, a diverged loss) has no update and
 its reason travels in the reply, the node's other clients stay. A client whose injected fault is
 ``hang`` delays the node's whole reply past ``round-timeout``, so every client of that node misses
 the round (the server records each as "no reply within the round timeout").
@@ -18,7 +19,7 @@ from torch import Tensor
 from fedhn.app.client_store import ClientStore
 from fedhn.app.config import RunConfig
 from fedhn.app.faults import draw_fault, poison
-from fedhn.app.task import norm_keys, train_client
+from fedhn.app.task import norm_keys, train_client, train_packed_clients
 from fedhn.training import TrainResult
 from strategies import partial_aggregate
 from strategies.replies import check_update, node_reply
@@ -49,23 +50,48 @@ def train_node(
 ) -> NodeRound:
     """Train ``clients`` (ids out of ``num_clients``) from the global ``state`` with the round's base ``lr``."""
     node_round = NodeRound()
-    local = config.stats_aggregation == "local"
+    faults = {}
     for client in clients:
-        fault = draw_fault(config.seed, client, server_round, config.fault_rate, config.fault_kinds)
-        if fault == "raise":
+        faults[client] = draw_fault(config.seed, client, server_round, config.fault_rate, config.fault_kinds)
+        if faults[client] == "raise":
             node_round.errors[client] = f"injected fault (fault-rate): client {client} raised in round {server_round}"
-            continue
-        node_round.hang |= fault == "hang"
-        kept = store.get(client, LOCAL_NORMS) if local else None
-        try:
-            trained, result = train_client(config, state, client, num_clients, server_round, lr, local_state=kept)
-        except (FloatingPointError, RuntimeError, ValueError) as error:
-            node_round.errors[client] = f"{type(error).__name__}: {error}"
-            continue
+    training = [client for client in clients if client not in node_round.errors]
+    local = config.stats_aggregation == "local"
+    kept = {client: store.get(client, LOCAL_NORMS) if local else None for client in training}
+    trained = _train(config, state, training, num_clients, server_round, lr, kept, node_round.errors)
+    for client, (new_state, result) in trained.items():
         if local:
-            store.put(client, LOCAL_NORMS, {key: trained[key] for key in norm_keys(config)})
-        node_round.updates[client] = (poison(trained) if fault == "nan" else trained, result)
+            store.put(client, LOCAL_NORMS, {key: new_state[key] for key in norm_keys(config)})
+        node_round.updates[client] = (poison(new_state) if faults[client] == "nan" else new_state, result)
+        node_round.hang |= faults[client] == "hang"
     return node_round
+
+
+def _train(
+    config: RunConfig,
+    state: dict[str, Tensor],
+    clients: list[int],
+    num_clients: int,
+    server_round: int,
+    lr: float,
+    kept: dict[int, dict[str, Tensor] | None],
+    errors: dict[int, str],
+) -> dict[int, tuple[dict[str, Tensor], TrainResult]]:
+    """The clients' trained states: packed when there are several (unless ``pack-clients`` is off),
+    else one by one; a client (or a packed group) whose training fails goes into ``errors``."""
+    if config.pack_clients and len(clients) > 1:
+        try:
+            return train_packed_clients(config, state, clients, num_clients, server_round, lr, kept)
+        except (FloatingPointError, RuntimeError, ValueError) as error:
+            errors |= {client: f"{type(error).__name__}: {error}" for client in clients}
+            return {}
+    trained = {}
+    for client in clients:
+        try:
+            trained[client] = train_client(config, state, client, num_clients, server_round, lr, kept[client])
+        except (FloatingPointError, RuntimeError, ValueError) as error:
+            errors[client] = f"{type(error).__name__}: {error}"
+    return trained
 
 
 def reply_content(config: RunConfig, reference: dict[str, Tensor], node_round: NodeRound) -> RecordDict:

@@ -4,6 +4,7 @@ process, so a Ray worker loads its data once, not every round."""
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from fedhn.app.config import RunConfig
+from fedhn.cohort import Client, FunctionalCohort, pack, train_packed, unpack
 from fedhn.data import DATASETS, ImageData, assign_batch_sizes, crop_flip, load_dataset, partition_indices
 from fedhn.models import build_model
 from fedhn.norms import is_norm
@@ -30,7 +32,9 @@ __all__ = [
     "norm_keys",
     "partitions",
     "test_data",
+    "client_training",
     "train_client",
+    "train_packed_clients",
 ]
 
 
@@ -140,6 +144,23 @@ def norm_keys(config: RunConfig) -> frozenset[str]:
     )
 
 
+def client_training(config: RunConfig, client: int, num_clients: int, server_round: int, lr: float) -> Client:
+    """What client ``client`` (of ``num_clients``) trains on in ``server_round`` with the round's base
+    ``lr``: its partition, batch size, lr scaled by ``lr-scaling``, and its own seeded generator for
+    shuffling and augmentation (the one source of both the one-by-one and the packed path)."""
+    data = client_data(config, client, num_clients)
+    generator = torch_generator("train", config.seed, client, server_round)
+    augment = data.augment
+    return Client(
+        images=data.images,
+        labels=data.labels,
+        batch_size=data.batch_size,
+        lr=client_lr(lr, data.batch_size, config.lr_scaling),
+        generator=generator,
+        augment=(lambda images: augment(images, generator)) if augment else None,
+    )
+
+
 def train_client(
     config: RunConfig,
     state: dict[str, Tensor],
@@ -152,23 +173,52 @@ def train_client(
     """One client's round: load the global ``state`` (then ``local_state`` over it, e.g. FedBN's
     norm layers), train on the partition with the round's base learning rate ``lr`` (scaled to the
     client's batch size by ``lr-scaling``), return the new state and what training did."""
-    data = client_data(config, partition_id, num_partitions)
+    spec = client_training(config, partition_id, num_partitions, server_round, lr)
     model = client_model(config)
     model.load_state_dict(state)
     if local_state:
         model.load_state_dict(local_state, strict=False)
-    generator = torch_generator("train", config.seed, partition_id, server_round)
     result = train(
         model,
-        data.images,
-        data.labels,
-        batch_size=data.batch_size,
+        spec.images,
+        spec.labels,
+        batch_size=spec.batch_size,
         epochs=config.local_epochs,
-        lr=client_lr(lr, data.batch_size, config.lr_scaling),
+        lr=spec.lr,
         momentum=config.momentum,
         weight_decay=config.weight_decay,
-        generator=generator,
-        augment=(lambda images: data.augment(images, generator)) if data.augment else None,
+        generator=spec.generator,
+        augment=spec.augment,
     )
     # A copy: the process's model is loaded with the next client's state while this one's is still needed.
     return {key: value.detach().clone() for key, value in model.state_dict().items()}, result
+
+
+def train_packed_clients(
+    config: RunConfig,
+    state: dict[str, Tensor],
+    clients: list[int],
+    num_clients: int,
+    server_round: int,
+    lr: float,
+    local_states: dict[int, dict[str, Tensor] | None],
+) -> dict[int, tuple[dict[str, Tensor], TrainResult]]:
+    """:func:`train_client` for several clients at once, packed into one cohort (:mod:`fedhn.cohort`;
+    its vmap fallback for models the cohort layout cannot map): each client's state and result as
+    if it had trained alone (to float rounding)."""
+    models = []
+    for client in clients:
+        model = copy.deepcopy(client_model(config))
+        model.load_state_dict(state)
+        if local_states.get(client):
+            model.load_state_dict(local_states[client], strict=False)
+        models.append(model)
+    try:
+        cohort = pack(models)
+    except (TypeError, ValueError):
+        cohort = FunctionalCohort(models)
+    specs = [client_training(config, client, num_clients, server_round, lr) for client in clients]
+    results = train_packed(
+        cohort, specs, epochs=config.local_epochs, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    return {client: (trained, result) for client, trained, result in zip(clients, unpack(cohort), results, strict=True)}

@@ -26,7 +26,7 @@ from fedhn.cohort.layers import stack_parameter
 from fedhn.cohort.members import Members, Selection, put_, take
 from fedhn.norms import HeterologousNorm, PixelSet
 from fedhn.norms.functional import expand_groups, normalize, set_moments, set_size
-from fedhn.norms.fused import Running, accepts, fused_norm
+from fedhn.norms.fused import accepts, fused_norm, update_running
 
 __all__ = ["CohortNorm"]
 
@@ -96,14 +96,11 @@ class CohortNorm(nn.Module):
         if isinstance(factor, float) and self._kernel == "batch_norm":
             y = self._batch_norm(x, weight, bias, state, factor)
         elif isinstance(factor, float) and self._kernel == "fused" and accepts(x, weight, state["running_mean"]):
+            std_sets = tuple(_scaled(s, k) for s in self.std_sets)
+            y, stats = fused_norm(x, std_sets, weight, bias, None, self.eps)
             center = state.get("running_var_center")
-            running = Running(
-                state["running_mean"].view(-1),
-                state["running_var"].view(-1),
-                None if center is None else center.view(-1),
-                factor,
-            )
-            y = fused_norm(x, tuple(_scaled(s, k) for s in self.std_sets), weight, bias, None, self.eps, running)
+            views = [t.view(-1) for t in (state["running_mean"], state["running_var"])]
+            update_running(stats, *views, None if center is None else center.view(-1), std_sets, factor)
         else:
             y = self._forward_general(x, weight, bias, state, factor)
         for name, rows in state.items():

@@ -176,7 +176,9 @@ def test_pack_names_the_module_type_it_cannot_map():
 
 
 @pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
-@pytest.mark.parametrize("build", [_custom, lambda: _resnet8("gn_g4")], ids=["custom", "gn"])
+@pytest.mark.parametrize(
+    "build", [_custom, lambda: _resnet8("gn_g4"), lambda: _resnet8("hn")], ids=["custom", "gn", "hn"]
+)
 def test_vmap_fallback_equals_one_by_one(build):
     models = _models(build, len(RESNET_CLIENTS))
     cohort = FunctionalCohort(models)

@@ -2,9 +2,9 @@
 
 The members' tensors are stacked with ``torch.func.stack_module_state``; a step runs
 ``vmap(grad_and_value(loss))`` of ``functional_call`` over the members, with each member's buffers
-batched so that its running statistics advance alone. fedhn's fused norm kernel has no vmap rule
-yet: with ``general_norms=True`` (the default) every ``HeterologousNorm`` of the template takes its
-general path (same math). ``momentum=None`` norms (a cumulative average) do not run under vmap.
+batched so that its running statistics advance alone. HN's fused kernel runs under vmap through the
+vmap rules of its operators (:mod:`fedhn.norms.fused`). ``momentum=None`` norms (a cumulative
+average) do not run under vmap.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
 from fedhn.cohort.members import put_, take
 from fedhn.cohort.protocol import Group
-from fedhn.norms import HeterologousNorm
 
 __all__ = ["FunctionalCohort"]
 
@@ -36,16 +35,12 @@ class FunctionalCohort:
     """K models of one architecture trained through ``torch.func`` (the :class:`~fedhn.cohort.Packed`
     interface of :func:`fedhn.cohort.train_packed` and :func:`fedhn.cohort.unpack`)."""
 
-    def __init__(self, models: Sequence[nn.Module], general_norms: bool = True) -> None:
+    def __init__(self, models: Sequence[nn.Module]) -> None:
         params, self.buffers = stack_module_state(list(models))
         self.params = {name: value.detach() for name, value in params.items()}
         self.keys = list(models[0].state_dict())
         self.size = len(models)
         self.template = copy.deepcopy(models[0]).to("meta")
-        if general_norms:
-            for module in self.template.modules():
-                if isinstance(module, HeterologousNorm):
-                    module._fused = False  # the fused kernel reads raw memory: no vmap
         self._step = vmap(grad_and_value(functools.partial(_loss, self.template)))
 
     def train(self, mode: bool = True) -> FunctionalCohort:

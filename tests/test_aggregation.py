@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fedhn.norms import norm_layer
-from strategies import aggregate_states
+from strategies import aggregate_states, combine_partials, partial_aggregate
 
 
 def _clients(seed: int = 0, channels: int = 4, sizes=(5, 20, 60)) -> list[np.ndarray]:
@@ -120,3 +120,16 @@ def test_bad_input_is_rejected_with_the_reason(states, weights, stats, fragment)
     with pytest.raises(ValueError) as info:
         aggregate_states(states, weights, stats)
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("stats", ["pooled", "mean"])
+def test_partials_of_disjoint_clients_combine_to_the_aggregate_of_all(stats):
+    data = _clients(seed=2, sizes=(5, 20, 60, 7, 33))
+    states, weights = [_bn_state(x) for x in data], [len(x) for x in data]
+    expected = aggregate_states(states, weights, stats)
+    parts = [partial_aggregate(states[:2], weights[:2], stats), partial_aggregate(states[2:], weights[2:], stats)]
+    combined = combine_partials(parts, stats)
+    assert parts[0].clients + parts[1].clients == 5
+    for key, value in expected.items():
+        np.testing.assert_allclose(combined[key], value, rtol=1e-12, err_msg=key)
+    assert combined["bn.num_batches_tracked"] == max(len(x) for x in data)

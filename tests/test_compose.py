@@ -17,6 +17,8 @@ OVERLAYS = {
     "tls": ["docker-compose.tls.yml"],
     "persist": ["docker-compose.persist.yml"],
     "tls+persist": ["docker-compose.tls.yml", "docker-compose.persist.yml"],
+    "tls+auth": ["docker-compose.tls.yml", "docker-compose.auth.yml"],
+    "tls+auth+persist": ["docker-compose.tls.yml", "docker-compose.auth.yml", "docker-compose.persist.yml"],
 }
 
 
@@ -107,9 +109,10 @@ def test_base_is_insecure_with_state_in_memory():
     args = argv(compose_config("base")["services"]["superlink"])
     assert args[0] == "flower-superlink" and option(args, "--isolation") == "process"
     assert "--insecure" in args and "--ssl-certfile" not in args and "--database" not in args
+    assert "--enable-supernode-auth" not in args
 
 
-@pytest.mark.parametrize("overlay", ["tls", "tls+persist"])
+@pytest.mark.parametrize("overlay", ["tls", "tls+persist", "tls+auth"])
 def test_tls_overlay_secures_the_superlink_port_and_everything_that_connects_to_it(overlay):
     config = compose_config(overlay)
     services = config["services"]
@@ -133,7 +136,7 @@ def test_tls_overlay_secures_the_superlink_port_and_everything_that_connects_to_
             assert "--insecure" in args
 
 
-@pytest.mark.parametrize("overlay", ["persist", "tls+persist"])
+@pytest.mark.parametrize("overlay", ["persist", "tls+persist", "tls+auth", "tls+auth+persist"])
 def test_persist_overlay_keeps_the_superlink_database_in_a_named_volume(overlay):
     config = compose_config(overlay)
     superlink = config["services"]["superlink"]
@@ -143,3 +146,24 @@ def test_persist_overlay_keeps_the_superlink_database_in_a_named_volume(overlay)
         volumes[str(database.parent)]["type"] == "volume"
         and volumes[str(database.parent)]["source"] in config["volumes"]
     )
+
+
+@pytest.mark.parametrize("overlay", ["tls+auth", "tls+auth+persist"])
+def test_auth_overlay_admits_only_supernodes_with_their_own_key_mounted_read_only(overlay):
+    config = compose_config(overlay)
+    services = config["services"]
+    superlink = argv(services["superlink"])
+    assert "--enable-supernode-auth" in superlink and "--ssl-certfile" in superlink and "--insecure" not in superlink
+    supernodes = sorted(name for name in services if name.startswith("supernode-"))
+    for index, name in enumerate(supernodes):
+        args = argv(services[name])
+        mounted = {
+            secret["target"]: config["secrets"][secret["source"]]["file"] for secret in services[name]["secrets"]
+        }
+        # Compose mounts a secret's file read-only.
+        assert mounted[option(args, "--auth-supernode-private-key")] == str(
+            PROJECT / "certificates" / "node-keys" / f"node-{index}"
+        )
+    for name, service in services.items():
+        if not name.startswith(("superlink", "supernode-")):
+            assert not {"--enable-supernode-auth", "--auth-supernode-private-key"} & set(argv(service))

@@ -1,6 +1,8 @@
 """The topology of ``docker-compose.yml`` as processes on 127.0.0.1: a SuperLink, a SuperExec that
 runs the ServerApp, and N SuperNodes, each with a SuperExec that runs its ClientApps (process
-isolation), optionally over TLS. Every process leads its own process group and is stopped by PID;
+isolation), optionally over TLS and with SuperNode authentication (the SuperLink admits only
+SuperNodes whose public keys were registered through its Control API, and keeps the registrations in
+its database). Every process leads its own process group and is stopped by PID;
 ``deployment.json`` in the state directory records them, so that a later command can use or stop a
 deployment that an earlier one started.
 """
@@ -26,11 +28,13 @@ from fedhn.launch.superlink import (
     superlink_ready,
 )
 
-__all__ = ["CONNECTION", "Deployment", "make_certificates", "start"]
+__all__ = ["CONNECTION", "Deployment", "NodeKeys", "make_certificates", "make_node_keys", "start"]
 
 CONNECTION = "fedhn-deploy"
 SERVER_PROCESSES = ("superlink", "superexec-serverapp")
 STATE_FILE = "deployment.json"
+DATABASE = "superlink.db"
+KEY_IN_USE = "Public key already in use"  # flwr supernode register, for a key the SuperLink holds
 
 
 def make_certificates(app_dir: Path, directory: Path) -> Certificates:
@@ -44,14 +48,48 @@ def make_certificates(app_dir: Path, directory: Path) -> Certificates:
     return certificates
 
 
+@dataclass(frozen=True)
+class NodeKeys:
+    """SuperNode key pairs as ``scripts/make-node-keys.sh`` writes them into one directory: ``node-<i>``
+    (ECDSA P-384 private key in OpenSSH format, for ``flower-supernode --auth-supernode-private-key``)
+    and ``node-<i>.pub`` (its OpenSSH public key, for ``flwr supernode register``)."""
+
+    directory: Path
+
+    def private(self, index: int) -> Path:
+        return self.directory / f"node-{index}"
+
+    def public(self, index: int) -> Path:
+        return self.directory / f"node-{index}.pub"
+
+    def missing(self, nodes: int) -> list[Path]:
+        """The key files of SuperNodes 0 .. ``nodes``-1 that do not exist."""
+        paths = [path for index in range(nodes) for path in (self.private(index), self.public(index))]
+        return [path for path in paths if not path.is_file()]
+
+
+def make_node_keys(app_dir: Path, directory: Path, nodes: int) -> NodeKeys:
+    """Key pairs of ``nodes`` SuperNodes in ``directory``, made with the app's
+    ``scripts/make-node-keys.sh`` when missing (existing keys are kept)."""
+    keys = NodeKeys(directory.resolve())
+    if keys.missing(nodes):
+        script = app_dir / "scripts" / "make-node-keys.sh"
+        result = subprocess.run(["bash", str(script), str(directory), str(nodes)], capture_output=True, text=True)
+        if result.returncode != 0 or keys.missing(nodes):
+            raise FlowerError(f"{script} failed: {(result.stderr or result.stdout).strip()}")
+    return keys
+
+
 @dataclass
 class Deployment:
-    """A running deployment: its ports, certificates and processes (SuperLink first)."""
+    """A running deployment: its ports, certificates, SuperNode keys (with SuperNode authentication)
+    and processes (SuperLink first)."""
 
     state_dir: Path
     port: int
     node_ports: list[int]
     certificates: Certificates | None
+    node_keys: NodeKeys | None = None
     processes: list[Process] = field(default_factory=list)
 
     @property
@@ -64,7 +102,13 @@ class Deployment:
         return self.state_dir / "flwr-home"
 
     @property
-    def connection(self) -> FlowerConnection:
+    def database(self) -> Path | None:
+        """The SuperLink's database (with SuperNode authentication: it holds the registrations, so that
+        they survive a restart of the SuperLink); None for state in memory."""
+        return self.state_dir / DATABASE if self.node_keys else None
+
+    @property
+    def connection(self) -> _DeploymentConnection:
         return _DeploymentConnection(self)
 
     def dead(self) -> list[str]:
@@ -76,6 +120,7 @@ class Deployment:
             "port": self.port,
             "node_ports": self.node_ports,
             "certificates": str(self.certificates.directory) if self.certificates else None,
+            "node_keys": str(self.node_keys.directory) if self.node_keys else None,
             "processes": [process.to_dict() for process in self.processes],
         }
         (self.state_dir / STATE_FILE).write_text(json.dumps(record, indent=2))
@@ -88,8 +133,9 @@ class Deployment:
             return None
         record = json.loads(path.read_text())
         certificates = Certificates(Path(record["certificates"])) if record["certificates"] else None
+        node_keys = NodeKeys(Path(record["node_keys"])) if record.get("node_keys") else None
         processes = [Process.from_dict(entry) for entry in record["processes"]]
-        return cls(state_dir.resolve(), record["port"], record["node_ports"], certificates, processes)
+        return cls(state_dir.resolve(), record["port"], record["node_ports"], certificates, node_keys, processes)
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop every process group (SuperExecs with their ServerApp and ClientApps included) and
@@ -100,11 +146,19 @@ class Deployment:
     def describe(self) -> str:
         """What runs where, and how to use it."""
         tls = f"TLS, CA certificate {self.certificates.ca}" if self.certificates else "insecure (no TLS)"
+        if self.node_keys:
+            tls += f", SuperNode authentication on (registered keys in {self.node_keys.directory})"
+        elif self.certificates:
+            tls += ", SuperNode authentication off"
         roles = {"superlink": f"{self.address}: Fleet, Control and Runtime APIs"}
+        if self.database:
+            roles["superlink"] += f"; database {self.database}"
         roles["superexec-serverapp"] = f"runs the ServerApp, connected to {self.address}"
         for index, port in enumerate(self.node_ports):
             config = f"partition-id={index} num-partitions={len(self.node_ports)}"
             roles[f"supernode-{index}"] = f"127.0.0.1:{port}: Runtime API for its SuperExec; {config}"
+            if self.node_keys:
+                roles[f"supernode-{index}"] += f"; key {self.node_keys.private(index).name}"
             roles[f"superexec-clientapp-{index}"] = f"runs the ClientApps of supernode-{index} (127.0.0.1:{port})"
         width = max(map(len, roles))
         lines = [f"  {p.name:<{width}}  pid {p.pid:<7}  {roles[p.name]}" for p in self.processes]
@@ -132,6 +186,15 @@ class _DeploymentConnection(FlowerConnection):
             logs = self.deployment.state_dir
             raise FlowerError(f"{', '.join(dead)} stopped while run {run_id} was {status}; see the logs in {logs}")
 
+    def register(self, public_key: Path, name: str) -> None:
+        """Register a SuperNode's public key with the SuperLink (``flwr supernode register``); a key
+        that the SuperLink's database already holds counts as registered."""
+        try:
+            self._json("flwr supernode register", "supernode", "register", str(public_key), self.name, "--name", name)
+        except FlowerError as error:
+            if KEY_IN_USE not in str(error):
+                raise
+
 
 def start(
     state_dir: Path,
@@ -140,6 +203,7 @@ def start(
     certificates: Certificates | None = None,
     workdir: Path = Path("."),
     timeout: float = 60.0,
+    node_keys: NodeKeys | None = None,
 ) -> Deployment:
     """Start a deployment and wait until every SuperNode is connected; on any failure, stop what
     was started and raise :class:`FlowerError`.
@@ -150,16 +214,29 @@ def start(
         port: the SuperLink's port (a free one by default); SuperNodes get free ports.
         certificates: TLS for the SuperLink's port (Fleet, Control, Runtime APIs), or None.
         workdir: working directory of every process: relative run-config paths resolve against it.
+        node_keys: SuperNode authentication with these keys (needs ``certificates``): node i's public
+            key is registered before SuperNode i starts with its private key; None admits any SuperNode.
     """
     if nodes < 1:
         raise FlowerError(f"a deployment needs at least one SuperNode, not {nodes}")
+    if node_keys is not None:
+        if certificates is None:
+            raise FlowerError(
+                "SuperNode authentication needs TLS: start the deployment with certificates, or without keys"
+            )
+        if missing := node_keys.missing(nodes):
+            raise FlowerError(
+                f"SuperNode keys missing: {', '.join(map(str, missing))}; make them with "
+                f"scripts/make-node-keys.sh {node_keys.directory} {nodes}"
+            )
     state_dir = state_dir.resolve()
     if (running := Deployment.load(state_dir)) is not None:
         if not running.dead():
             raise FlowerError(f"a deployment is already running in {state_dir}; stop it with: fedhn deploy down")
         running.stop()
     state_dir.mkdir(parents=True, exist_ok=True)
-    deployment = Deployment(state_dir, port or free_port(), [free_port() for _ in range(nodes)], certificates)
+    ports = [free_port() for _ in range(nodes)]
+    deployment = Deployment(state_dir, port or free_port(), ports, certificates, node_keys)
     try:
         _launch(deployment, workdir.resolve(), timeout)
         deployment.save()
@@ -170,27 +247,39 @@ def start(
 
 
 def _launch(deployment: Deployment, workdir: Path, timeout: float) -> None:
-    """Start the deployment's processes in order, each once the one it connects to answers."""
-    certificates, nodes = deployment.certificates, len(deployment.node_ports)
+    """Start the deployment's processes in order, each once the one it connects to answers; with
+    SuperNode authentication, register every node's public key before the SuperNodes start."""
+    certificates, keys, nodes = deployment.certificates, deployment.node_keys, len(deployment.node_ports)
     security = ["--root-certificates", str(certificates.ca)] if certificates else ["--insecure"]
 
     def launch(name: str, *command: str) -> None:
         env = flower_env(deployment.state_dir / name)  # a FLWR_HOME of its own, as in its own container
         deployment.processes.append(spawn(name, command, deployment.state_dir / f"{name}.log", workdir, env))
 
-    launch("superlink", *superlink_command(deployment.port, simulation=False, certificates=certificates))
+    superlink = superlink_command(
+        deployment.port,
+        simulation=False,
+        certificates=certificates,
+        database=deployment.database,
+        supernode_auth=keys is not None,
+    )
+    launch("superlink", *superlink)
     _wait(lambda: superlink_ready(deployment.port, certificates and certificates.ca), deployment, timeout)
+    connection = deployment.connection
+    connection.configure(deployment.address, certificates and certificates.ca)
+    if keys:
+        for index in range(nodes):
+            connection.register(keys.public(index), f"supernode-{index}")
     superexec = [flower_bin("flower-superexec"), "--runtime-api-address"]
     launch("superexec-serverapp", *superexec, deployment.address, *security)
     for index, node_port in enumerate(deployment.node_ports):
         node = ["--superlink", deployment.address, *security, "--isolation", "process"]
         node += ["--node-config", f"partition-id={index} num-partitions={nodes}"]
+        node += ["--auth-supernode-private-key", str(keys.private(index))] if keys else []
         launch(
             f"supernode-{index}", flower_bin("flower-supernode"), *node, "--host", "127.0.0.1", "--port", str(node_port)
         )
         launch(f"superexec-clientapp-{index}", *superexec, f"127.0.0.1:{node_port}", "--insecure")
-    connection = deployment.connection
-    connection.configure(deployment.address, certificates and certificates.ca)
     _wait(lambda: _online(connection) >= nodes, deployment, timeout)
 
 

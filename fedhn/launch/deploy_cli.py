@@ -35,6 +35,22 @@ CertDir = Annotated[
         show_default="STATE_DIR/certificates",
     ),
 ]
+Auth = Annotated[
+    bool | None,
+    typer.Option(
+        "--auth/--no-auth",
+        help="SuperNode authentication: the SuperLink admits only SuperNodes whose public keys are registered.",
+        show_default="on with TLS",
+    ),
+]
+KeyDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--node-keys",
+        help="node-<i> and node-<i>.pub per SuperNode (made with scripts/make-node-keys.sh when missing).",
+        show_default="STATE_DIR/node-keys",
+    ),
+]
 AppDir = Annotated[Path, typer.Option("--app", help="The Flower App (fedhn's project directory).")]
 
 
@@ -44,14 +60,30 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _start(
-    state_dir: Path, nodes: int, port: int | None, tls: bool, certificates: Path | None, app_dir: Path
+    state_dir: Path,
+    nodes: int,
+    port: int | None,
+    tls: bool,
+    certificates: Path | None,
+    app_dir: Path,
+    auth: bool | None = None,
+    node_keys: Path | None = None,
 ) -> Deployment:
-    from fedhn.launch.deploy import make_certificates, start
+    """Start a deployment; SuperNode authentication (``auth``) defaults to on with TLS."""
+    from fedhn.launch.deploy import make_certificates, make_node_keys, start
     from fedhn.launch.superlink import FlowerError
 
+    if auth and not tls:
+        raise _fail(
+            "--auth needs TLS (Flower authenticates SuperNodes only over TLS): drop --insecure, or use --no-auth"
+        )
+    auth = tls if auth is None else auth
+    if node_keys and not auth:
+        raise _fail("--node-keys is for SuperNode authentication, which --no-auth or --insecure turned off")
     try:
         certs = make_certificates(app_dir, certificates or state_dir / "certificates") if tls else None
-        return start(state_dir, nodes, port, certs)
+        keys = make_node_keys(app_dir, node_keys or state_dir / "node-keys", nodes) if auth else None
+        return start(state_dir, nodes, port, certs, node_keys=keys)
     except FlowerError as error:
         raise _fail(str(error)) from None
 
@@ -62,17 +94,21 @@ def up(
     port: Port = None,
     tls: Tls = True,
     certificates: CertDir = None,
+    auth: Auth = None,
+    node_keys: KeyDir = None,
     state_dir: StateDir = STATE_DIR,
     app_dir: AppDir = Path("."),
 ) -> None:
     """Start a deployment in the background and wait until every SuperNode is connected.
 
     A SuperLink, a SuperExec for the ServerApp, and N SuperNodes each with a SuperExec for its
-    ClientApps, all on 127.0.0.1.
+    ClientApps, all on 127.0.0.1. With SuperNode authentication (the default with TLS) each node's
+    public key is registered (flwr supernode register) before it starts, and the SuperLink keeps the
+    registrations in STATE_DIR/superlink.db.
     """
     try:
         with stopped_by_signals():  # until the deployment is up and handed over, a signal stops what started
-            deployment = _start(state_dir, nodes, port, tls, certificates, app_dir)
+            deployment = _start(state_dir, nodes, port, tls, certificates, app_dir, auth, node_keys)
     except Stopped as stop:
         raise _fail(
             f"{stop} while the deployment started: every process it started is stopped", stop.exit_code

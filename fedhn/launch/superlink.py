@@ -101,9 +101,21 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     )
 
 
-def superlink_command(port: int, *, simulation: bool, certificates: Certificates | None = None) -> list[str]:
+def superlink_command(
+    port: int,
+    *,
+    simulation: bool,
+    certificates: Certificates | None = None,
+    database: Path | None = None,
+    supernode_auth: bool = False,
+) -> list[str]:
     """``flower-superlink`` on 127.0.0.1:``port``: a simulation SuperLink that runs the ServerApp
-    itself, or a deployment one whose ServerApp runs under a separate SuperExec (process isolation)."""
+    itself, or a deployment one whose ServerApp runs under a separate SuperExec (process isolation).
+    Its state lives in memory, or in the SQLite file ``database``; with ``supernode_auth`` (which
+    needs ``certificates``) it admits only SuperNodes whose public keys were registered with
+    ``flwr supernode register``."""
+    if supernode_auth and certificates is None:
+        raise FlowerError("SuperNode authentication needs TLS: give the SuperLink certificates")
     mode = ["--simulation", "--isolation", "subprocess"] if simulation else ["--isolation", "process"]
     security = (
         ["--ssl-ca-certfile", str(certificates.ca), "--ssl-certfile", str(certificates.cert)]
@@ -120,6 +132,8 @@ def superlink_command(port: int, *, simulation: bool, certificates: Certificates
         "--port",
         str(port),
         "--disable-runtime-dependency-installation",
+        *(["--database", str(database)] if database else []),
+        *(["--enable-supernode-auth"] if supernode_auth else []),
     ]
 
 

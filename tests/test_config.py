@@ -73,3 +73,9 @@ def test_missing_key_is_named(defaults):
 def test_shipped_configs_are_valid(defaults, path):
     with open(path, "rb") as file:
         RunConfig.from_mapping(defaults | tomllib.load(file))
+
+
+@pytest.mark.parametrize("path", sorted((PROJECT / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_a_valid_run_config(defaults, path):
+    with open(path, "rb") as file:
+        RunConfig.from_mapping(defaults | tomllib.load(file))

@@ -60,13 +60,11 @@ def stat_sizes(channels: int, groups: Sequence[int]) -> list[int]:
 
 def accepts(x: Tensor, weight: Tensor | None, running_mean: Tensor | None) -> bool:
     """Whether :func:`fused_norm` can run on ``x`` (with the layer's ``weight`` and ``running_mean``) here:
-    contiguous (or vmapped) float32/float64 CPU tensors of one dtype, and a C compiler."""
+    float32/float64 CPU tensors of one dtype in any memory layout (copied to NCHW), and a C compiler."""
     return (
         x.device.type == "cpu"
         and x.dtype in kernel_build.SCALARS
         and all(t is None or t.dtype == x.dtype for t in (weight, running_mean))
-        # Under torch.func transforms (vmap packs the members into one contiguous input) forward() copies it.
-        and (x.is_contiguous() or torch._C._functorch.is_functorch_wrapped_tensor(x))
         and _kernel_available(x.dtype)
     )
 
@@ -87,7 +85,9 @@ def fused_norm(
     else:
         set_weight = torch.softmax(var_logits, 0, dtype=torch.float64)[:, None].expand(-1, channels).contiguous()
     function = _HnNorm if _direct(x) else _HnNormForTransforms
-    return function.apply(x, _groups(std_sets, channels), weight, bias, set_weight, eps)
+    # Any layout: e.g. a convolution over 1-channel images returns channels_last, and the rest of such a
+    # network is channels_last unless a layer returns NCHW. The copy makes y NCHW, so later layers are.
+    return function.apply(x.contiguous(), _groups(std_sets, channels), weight, bias, set_weight, eps)
 
 
 def update_running(

@@ -3,7 +3,7 @@
 Each client, each round, draws a fault with probability ``fault-rate`` from a generator seeded by
 (seed, partition, round), so the same config injects the same faults in every run:
 
-- ``raise``: the ClientApp raises (the server receives an error reply);
+- ``raise``: the client fails on its node (its update is replaced by the reason; the node's other clients stay);
 - ``nan``: the client replies with NaN weights (the server must drop them);
 - ``hang``: the client replies only after ``round-timeout`` has passed (the server moves on without it).
 """
@@ -15,13 +15,9 @@ from torch import Tensor
 
 from fedhn.seeding import rng
 
-__all__ = ["FAULT_KINDS", "InjectedFault", "draw_fault", "poison"]
+__all__ = ["FAULT_KINDS", "draw_fault", "poison"]
 
 FAULT_KINDS = ("raise", "nan", "hang")
-
-
-class InjectedFault(RuntimeError):
-    """A failure injected on purpose (``fault-rate``)."""
 
 
 def draw_fault(seed: int, partition_id: int, server_round: int, rate: float, kinds: tuple[str, ...]) -> str | None:

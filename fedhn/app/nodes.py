@@ -12,6 +12,8 @@ from __future__ import annotations
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedhn.app.task import ClientLayout
+
 __all__ = ["PartitionDirectory", "error_summary"]
 
 _UNKNOWN = 1 << 62  # sorts nodes that did not answer last
@@ -27,9 +29,9 @@ class PartitionDirectory:
 
     def clients(self, grid: Grid) -> dict[int, list[int]]:
         """The connected nodes that answered, in partition order, with the client ids each hosts."""
-        m = self.clients_per_node
         nodes = [node for node in self.order(grid) if node in self.partition_of]
-        return {node: list(range(self.partition_of[node] * m, (self.partition_of[node] + 1) * m)) for node in nodes}
+        layout = ClientLayout(len(nodes), self.clients_per_node)
+        return {node: layout.clients_of(self.partition_of[node]) for node in nodes}
 
     def order(self, grid: Grid) -> list[int]:
         """The connected nodes by (partition, node id), asking nodes not seen before."""

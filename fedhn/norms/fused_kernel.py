@@ -158,6 +158,27 @@ int fused_forward(const scalar *x, scalar *y, int64_t n, int64_t c, int64_t s, i
     return 0;
 }
 
+/* Moves `rows` layers' running statistics (running_mean (C), running_var and running_center (G each; center may
+ * be NULL)) towards the statistics vectors `stats` (rows of 2C + 3G) by `factor`: running += factor * (batch -
+ * running), with torch.lerp's rounding (the other endpoint's form for factor >= 0.5). Returns 0. */
+static void lerp(scalar *running, const scalar *batch, int64_t count, scalar factor) {
+    for (int64_t i = 0; i < count; ++i)
+        running[i] = factor < (scalar)0.5 ? running[i] + factor * (batch[i] - running[i])
+                                          : batch[i] - (batch[i] - running[i]) * ((scalar)1 - factor);
+}
+
+int update_running(scalar *running_mean, scalar *running_var, scalar *running_center, const scalar *stats,
+                    int64_t rows, int64_t c, int64_t g_total, double factor) {
+    const int64_t length = 2 * c + 3 * g_total;
+    for (int64_t r = 0; r < rows; ++r) {
+        const scalar *row = stats + r * length;
+        lerp(running_mean + r * c, row, c, (scalar)factor);
+        lerp(running_var + r * g_total, row + length - g_total, g_total, (scalar)factor);
+        if (running_center) lerp(running_center + r * g_total, row + c, g_total, (scalar)factor);
+    }
+    return 0;
+}
+
 /* Writes dx, grad_set_weight (d loss / d set_weight, laid out as set_weight), grad_weight and grad_bias, from the
  * forward's statistics vector. weight may be NULL. Returns 0, or 1 when out of memory. */
 int fused_backward(const scalar *dy, const scalar *x, scalar *dx, int64_t n, int64_t c, int64_t s, int64_t num_sets,

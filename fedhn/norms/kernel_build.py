@@ -43,6 +43,13 @@ _SIGNATURES: dict[str, tuple[tuple[str, type], ...]] = {
             strict=True,
         )
     ),
+    "update_running": tuple(
+        zip(
+            "running_mean running_var running_center stats rows c g_total factor".split(),
+            (_P, _P, _P, _P, _I, _I, _I, _D),
+            strict=True,
+        )
+    ),
 }
 
 

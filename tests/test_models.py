@@ -8,10 +8,10 @@ import torch
 from fedhn.models import build_model
 from fedhn.norms import HeterologousNorm, parse_spec
 
-MODELS = ["resnet8", "resnet20", "resnet18", "mlp", "tv_resnet18", "mobilenet_v2", "shufflenet_v2_x1_5", "densenet121"]
+MODELS = ["resnet8", "resnet20", "resnet10", "resnet18", "mlp", "tv_resnet18", "mobilenet_v2", "shufflenet_v2_x1_5", "densenet121"]
 PRESETS = ["bn", "in", "ln", "gn", "gn_g4", "en", "en_g4", "hn", "hn_g8", "sn", "mean=bn,std=bn+en"]
 # Channel counts of these models that 32 groups do not divide (gn_g32 cannot fit).
-GN32_MISFITS = {"resnet8", "resnet20", "mobilenet_v2", "shufflenet_v2_x1_5"}
+GN32_MISFITS = {"resnet8", "resnet20", "resnet10", "mobilenet_v2", "shufflenet_v2_x1_5"}
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -77,3 +77,12 @@ def test_model_takes_a_norm_class_or_partial(name, norm):
 def test_a_norm_callable_that_cannot_fit_names_the_model():
     with pytest.raises(ValueError, match=r"Cannot build resnet8 with norm 'GroupNorm'.*divisible"):
         build_model("resnet8", norm=functools.partial(torch.nn.GroupNorm, 32))
+
+
+def test_resnet10_has_the_papers_four_stages_down_to_4x4_maps():
+    model = build_model("resnet10", norm="bn")
+    shapes = []
+    for stage in model.stages:
+        stage.register_forward_hook(lambda _module, _inputs, out: shapes.append(tuple(out.shape[1:])))
+    model(torch.randn(2, 3, 32, 32))
+    assert shapes == [(16, 32, 32), (32, 16, 16), (64, 8, 8), (128, 4, 4)]

@@ -18,7 +18,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from fedhn.app.faults import FAULT_KINDS
 from fedhn.data import DATASETS
-from fedhn.models import model_names
+from fedhn.models import MODELS, model_names
 from fedhn.norms import parse_spec
 from strategies import STATS_AGGREGATIONS
 
@@ -79,7 +79,7 @@ def _model(value: str) -> str | None:
     if value.lower() in model_names() or f"tv_{value.lower()}" in model_names():
         return None
     nearest = difflib.get_close_matches(value, model_names(), n=1, cutoff=0.5)
-    return "allowed values: resnet8, resnet20, resnet18, mlp or a torchvision model as tv_<name>" + (
+    return f"allowed values: {', '.join(MODELS)} or a torchvision model as tv_<name>" + (
         f" (nearest: {nearest[0]!r})" if nearest else ""
     )
 
@@ -183,7 +183,7 @@ class RunConfig:
         resumable=True,
     )
     model: str = _key(
-        "resnet8", "`resnet8`, `resnet20`, `resnet18`, `mlp` or a torchvision model (`tv_<name>`)", _model
+        "resnet8", ", ".join(f"`{name}`" for name in MODELS) + " or a torchvision model (`tv_<name>`)", _model
     )
     norm: str = _key(
         "hn",

@@ -24,6 +24,10 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
         lambda norm, classes, channels, size: CifarResNet((16, 32, 64), (3, 3, 3), norm, classes, channels),
         "CIFAR ResNet-20, 16/32/64 channels",
     ),
+    "resnet10": (
+        lambda norm, classes, channels, size: CifarResNet((16, 32, 64, 128), (1, 1, 1, 1), norm, classes, channels),
+        "the paper's four stages down to 4x4 maps at CPU size: 16/32/64/128 channels, one block each",
+    ),
     "resnet18": (
         lambda norm, classes, channels, size: CifarResNet((64, 128, 256, 512), (2, 2, 2, 2), norm, classes, channels),
         "the paper's CIFAR ResNet-18 (3x3 stem, no max-pool)",
@@ -46,7 +50,7 @@ def build_model(
     """Build model ``name`` with every norm layer given by ``norm``: a spec (``"hn"``), or a callable
     ``num_features -> nn.Module`` such as ``nn.BatchNorm2d`` or ``functools.partial(nn.GroupNorm, 8)``.
 
-    ``name`` is one of fedhn's models (``resnet8``, ``resnet20``, ``resnet18``, ``mlp``) or a
+    ``name`` is one of fedhn's models (``resnet8``, ``resnet20``, ``resnet10``, ``resnet18``, ``mlp``) or a
     torchvision classification model, as ``tv_<name>`` or by its plain name when fedhn has no model
     of that name (``mobilenet_v2``, ``densenet121``, ...). torchvision models get a stem for small
     images (see :func:`build_torchvision`). ``image_size`` (square side) matters for ``mlp`` only.

@@ -74,9 +74,11 @@ def train(
     fused: bool | None = None,
     max_steps: int | None = None,
     after_step: Callable[[], None] | None = None,
+    lr_factor: Callable[[int], float] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with SGD on (normalized) ``images`` for ``epochs`` epochs (stopping
-    after ``max_steps`` steps if given), calling ``after_step()`` after every optimizer step.
+    after ``max_steps`` steps if given), calling ``after_step()`` after every optimizer step. With
+    ``lr_factor``, step t uses ``lr * lr_factor(t)`` (``torch.optim.lr_scheduler.LambdaLR``).
 
     Data and model stay on the device of ``images``; the loss is accumulated on the device and read
     once at the end (no host sync per step). SGD runs as one fused kernel over all parameters on CPU
@@ -85,6 +87,7 @@ def train(
     """
     model.train()
     optimizer = sgd(model, lr, momentum, weight_decay, images.device, fused)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor) if lr_factor is not None else None
     total_loss = torch.zeros((), device=images.device)
     steps = examples = 0
     for _ in range(epochs):
@@ -96,6 +99,8 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             total_loss += loss.detach()
             steps += 1
             examples += len(index)

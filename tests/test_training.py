@@ -106,3 +106,29 @@ def test_training_is_deterministic_for_a_seed():
         states.append(model.state_dict())
     for key in states[0]:
         torch.testing.assert_close(states[0][key], states[1][key], rtol=0, atol=0, msg=key)
+
+
+def test_lr_factor_sets_each_steps_learning_rate():
+    images, labels = _separable()
+    torch.manual_seed(0)
+    model = build_model("mlp", num_classes=2, norm="bn", in_channels=1, image_size=8)
+    reference = copy.deepcopy(model)
+    factor = lambda step: 1.0 / (1 + step)  # noqa: E731
+    train(
+        model, images, labels, batch_size=8, epochs=2, lr=0.1, momentum=0.9, weight_decay=0.0,
+        generator=torch.Generator().manual_seed(1), lr_factor=factor,
+    )  # fmt: skip
+
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, foreach=False)
+    generator, step = torch.Generator().manual_seed(1), 0
+    reference.train()
+    for _ in range(2):
+        for index in epoch_batches(len(images), 8, generator):
+            optimizer.param_groups[0]["lr"] = 0.1 * factor(step)
+            loss = F.cross_entropy(reference(images[index]), labels[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+    for (key, value), expected in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
+        torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6, msg=key)

@@ -42,6 +42,9 @@ class BatchRenorm(nn.modules.batchnorm._BatchNorm):
         d_max: bound of the mean correction d (>= 0); the paper's target is 5.
     """
 
+    has_running_stats = True
+    """Like :class:`~fedhn.norms.HeterologousNorm`'s property: calibration sets this layer's statistics."""
+
     def __init__(
         self,
         num_features: int,
@@ -55,9 +58,6 @@ class BatchRenorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"num_features must be a positive channel count, got {num_features}")
         super().__init__(num_features, eps, momentum, affine, track_running_stats=True)
         self.set_limits(r_max, d_max)
-
-    has_running_stats = True
-    """Like :class:`~fedhn.norms.HeterologousNorm`'s property: calibration sets this layer's statistics."""
 
     def set_limits(self, r_max: float, d_max: float) -> None:
         """Set the bounds of r and d (e.g. each round of the schedule).

@@ -80,6 +80,12 @@ class BatchRenorm(nn.modules.batchnorm._BatchNorm):
                 f"BatchRenorm({self.num_features}) expects input of shape (N, {self.num_features}, ...), "
                 f"got {tuple(x.shape)}"
             )
+        if self.training and x.numel() // self.num_features < 2:
+            raise ValueError(
+                f"BatchRenorm normalizes with batch statistics in training, but an input of shape {tuple(x.shape)} "
+                "holds a single value per channel; train with at least 2 values per channel (batch size 2, or "
+                "spatial maps), or use frn, which normalizes each sample alone"
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)

@@ -7,7 +7,7 @@ mode with the layers before it already calibrated. For every layer, each client 
 sum and the sum of squares of each channel of that input over its whole partition; sums add up
 across clients, so the pooled result is the same computation done over the union of the partitions,
 and the layer sets its running statistics from the channel moments
-(:meth:`HeterologousNorm.set_population_statistics`).
+(:meth:`HeterologousNorm.set_population_statistics`, :meth:`BatchRenorm.set_population_statistics`).
 
 One pass per layer is what makes it exact: setting all layers from one pass leaves every layer
 calibrated for inputs made with the old statistics upstream, which in our resnet8 runs
@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from fedhn.norms import HeterologousNorm
+from fedhn.norms import BatchRenorm, HeterologousNorm
 
 __all__ = ["calibrated_layers", "calibration_order", "layer_sums", "pool_sums", "apply_sums", "calibrate"]
 
@@ -30,9 +30,16 @@ class _LayerReached(Exception):
     """Stops a forward once the layer being calibrated has seen its input."""
 
 
-def calibrated_layers(model: nn.Module) -> dict[str, HeterologousNorm]:
-    """The norm layers with running statistics, by name."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, HeterologousNorm) and m.has_running_stats}
+CalibratedLayer = HeterologousNorm | BatchRenorm
+
+
+def calibrated_layers(model: nn.Module) -> dict[str, CalibratedLayer]:
+    """The norm layers with running statistics (HN family, Batch Renorm), by name."""
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, HeterologousNorm | BatchRenorm) and m.has_running_stats
+    }
 
 
 @torch.no_grad()

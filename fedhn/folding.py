@@ -1,10 +1,11 @@
 """Fold norms with fixed eval statistics into the layer before them, for inference (section 3 of the paper).
 
 A norm whose eval statistics are running estimates (``bn``, ``en``, ``hn``, ``hn_g<G>``, mixtures of batch
-sets, ``nn.BatchNorm*`` tracking running stats) is a per-channel affine map ``x * scale + shift`` in eval
+sets, ``brn``, ``nn.BatchNorm*`` tracking running stats) is a per-channel affine map ``x * scale + shift`` in eval
 mode. Placed directly after a ``Conv1d/2d/3d`` or ``Linear`` whose output feeds nothing else, it folds into
 that layer's weight and bias; elsewhere it becomes a :class:`ChannelAffine`. Norms that compute statistics
-of each sample (``in``, ``ln``, ``gn``, ``sn``, ...) stay.
+of each sample (``in``, ``ln``, ``gn``, ``sn``, ...) stay. A model with FRN layers is refused: FRN is nothing
+but a per-sample normalization, so folding would leave it unchanged while promising inference without norms.
 
 The layer before a norm is found in the graph of :func:`torch.fx.symbolic_trace` (norms traced as leaves).
 Models that do not trace fall back to adjacent modules of ``nn.Sequential`` containers and to the known
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from fedhn.models.cifar_resnet import BasicBlock
-from fedhn.norms import HeterologousNorm, is_norm
+from fedhn.norms import FilterResponseNorm, HeterologousNorm, is_norm
 from fedhn.norms.functional import affine_coefficients
 
 __all__ = ["ChannelAffine", "FoldReport", "fold_norms"]
@@ -72,7 +73,17 @@ def fold_norms(model: nn.Module) -> tuple[nn.Module, FoldReport]:
     ``model`` itself is not changed. The copy computes the same eval outputs (up to float rounding: the
     folded weights are computed in float64 and stored in the layer's dtype); train it no further, its
     norms are gone.
+
+    Raises:
+        ValueError: the model has FRN layers (they divide each sample by its own mean square, in eval mode too).
     """
+    frn = [name for name, module in model.named_modules() if isinstance(module, FilterResponseNorm)]
+    if frn:
+        raise ValueError(
+            f"cannot fold {len(frn)} FRN layers ({', '.join(frn[:3])}{', ...' if len(frn) > 3 else ''}): FRN divides "
+            "each sample's channel by that sample's own root mean square over (H, W), in eval mode too, so it is no "
+            "fixed affine map and nothing would fold; norms with running statistics (bn, brn, hn, ...) fold"
+        )
     folded_model = copy.deepcopy(model).eval()
     modules = dict(folded_model.named_modules())
     report = FoldReport()

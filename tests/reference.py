@@ -42,3 +42,45 @@ def heterologous_norm(
     if weight is not None:
         y = y * weight[None, :, None] + bias[None, :, None]
     return y.reshape(shape)
+
+
+def filter_response_norm(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, tau: np.ndarray, eps: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """FRN (eq. (1)-(2) of Singh and Krishnan) and its TLU for input (N, C, *spatial): returns
+    ``(gamma * x / sqrt(nu2 + eps) + beta, max(that, tau))``, nu2 the mean of x^2 over the spatial positions
+    of each sample and channel (x^2 itself for (N, C) input)."""
+    shape = x.shape
+    x3 = x.reshape(shape[0], shape[1], -1).astype(np.float64)
+    nu2 = (x3**2).mean(axis=2, keepdims=True)
+    y = x3 / np.sqrt(nu2 + eps) * weight[None, :, None] + bias[None, :, None]
+    return y.reshape(shape), np.maximum(y, tau[None, :, None]).reshape(shape)
+
+
+def batch_renorm(
+    x: np.ndarray,
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    r_max: float,
+    d_max: float,
+    eps: float,
+    momentum: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One training step of Batch Renormalization (Ioffe 2017, Algorithm 1) for input (N, C, *spatial):
+    the output, r, d, and the running mean and (unbiased) variance after the step."""
+    shape = x.shape
+    x3 = x.reshape(shape[0], shape[1], -1).astype(np.float64)
+    count = x3.shape[0] * x3.shape[2]
+    mean_b = x3.mean(axis=(0, 2))
+    var_b = x3.var(axis=(0, 2))
+    sigma_b = np.sqrt(var_b + eps)
+    sigma = np.sqrt(running_var + eps)
+    r = np.clip(sigma_b / sigma, 1 / r_max, r_max)
+    d = np.clip((mean_b - running_mean) / sigma, -d_max, d_max)
+    x_hat = (x3 - mean_b[None, :, None]) / sigma_b[None, :, None] * r[None, :, None] + d[None, :, None]
+    y = x_hat * weight[None, :, None] + bias[None, :, None]
+    new_mean = (1 - momentum) * running_mean + momentum * mean_b
+    new_var = (1 - momentum) * running_var + momentum * var_b * count / (count - 1)
+    return y.reshape(shape), r, d, new_mean, new_var

@@ -89,6 +89,30 @@ def test_pooled_statistics_of_real_layers_match_a_layer_that_saw_the_union():
     assert result["num_batches_tracked"].dtype == np.int64
 
 
+def test_brn_running_statistics_pool_like_bn():
+    """Clients' Batch Renorm layers (corrections active) pool to the exact statistics of the union, as BN's do:
+    the weighted mean, and sum_k w_k (var_k + (mean_k - mean)^2) around each channel's own mean."""
+    rng = np.random.default_rng(4)
+    batches = [rng.normal(loc=rng.normal(0, 2, (1, 4, 1, 1)), scale=2, size=(n, 4, 3, 3)) for n in (8, 12, 20)]
+    states = []
+    for x in batches:
+        layer = norm_layer("brn", momentum=None)(4).double()
+        assert torch.all(layer.corrections(torch.from_numpy(x))[1] != 0)  # the step is no BN step
+        layer(torch.from_numpy(x))
+        states.append({k: v.numpy() for k, v in layer.state_dict().items()})
+    weights = [len(x) for x in batches]
+    result = aggregate_states(states, weights)
+    w = np.array(weights) / sum(weights)
+    means = np.stack([s["running_mean"] for s in states])
+    variances = np.stack([s["running_var"] for s in states])
+    mean = w @ means
+    np.testing.assert_allclose(result["running_mean"], mean, rtol=1e-12)
+    np.testing.assert_allclose(result["running_var"], w @ (variances + (means - mean) ** 2), rtol=1e-12)
+    union = np.concatenate(batches).transpose(1, 0, 2, 3).reshape(4, -1)
+    np.testing.assert_allclose(result["running_mean"], union.mean(axis=1), rtol=1e-12)
+    assert result["num_batches_tracked"] == 1 and result["num_batches_tracked"].dtype == np.int64
+
+
 def test_counters_stay_int64_and_take_the_maximum():
     states = [
         {"b.num_batches_tracked": np.array(3, dtype=np.int64)},

@@ -35,7 +35,7 @@ def trained(norm: str) -> tuple[nn.Module, torch.Tensor]:
     return model, torch.randn(60, 1, 8, 8) * 2 + 0.5
 
 
-@pytest.mark.parametrize("norm", ["bn", "hn", "hn_g4", "mean=bn,std=bn+en", "sn"])
+@pytest.mark.parametrize("norm", ["bn", "hn", "hn_g4", "mean=bn,std=bn+en", "sn", "brn"])
 def test_federated_calibration_equals_the_central_population_statistics(norm):
     model, images = trained(norm)
     parts = [images[:7], images[7:30], images[30:]]  # unequal clients
@@ -78,6 +78,11 @@ def test_calibrated_statistics_are_those_of_the_layer_input():
     groups = features.reshape(2, -1)
     np.testing.assert_allclose(model[1].running_mean.numpy(), features.mean(axis=1), rtol=1e-10)
     np.testing.assert_allclose(model[1].running_var.numpy(), groups.var(axis=1, ddof=1), rtol=1e-10)
+
+
+def test_frn_models_have_nothing_to_calibrate():
+    model, images = trained("frn")
+    assert calibrated_layers(model) == {} and calibrate(model, images) == []
 
 
 def test_models_without_running_statistics_have_nothing_to_calibrate():

@@ -22,6 +22,11 @@ def test_comma_separated_keys_parse_to_tuples_and_back(defaults):
     assert RunConfig.from_mapping(defaults | {"fault-kinds": ""}).fault_kinds == ()
 
 
+@pytest.mark.parametrize("norm", ["frn", "brn", "BRN"])
+def test_layer_presets_are_valid_norms(defaults, norm):
+    assert RunConfig.from_mapping(defaults | {"norm": norm}).norm == norm
+
+
 def test_integers_are_accepted_for_floats(defaults):
     assert RunConfig.from_mapping(defaults | {"lr": 1}).lr == 1.0
 
@@ -36,6 +41,11 @@ def test_integers_are_accepted_for_floats(defaults):
         ),
         ({"stats-aggregation": "avg"}, ["pooled, mean, local"]),
         ({"norm": "hm"}, ["norm = 'hm'", "Did you mean 'hn'"]),
+        ({"norm": "frm"}, ["norm = 'frm'", "Did you mean 'frn'"]),
+        ({"brn-r-max": 0.5}, ["brn-r-max = 0.5: must be >= 1.0"]),
+        ({"brn-d-max": -1.0}, ["brn-d-max = -1.0: must be >= 0.0"]),
+        ({"brn-warmup-rounds": -1}, ["brn-warmup-rounds = -1: must be >= 0"]),
+        ({"brn-relax-rounds": 1.5}, ["brn-relax-rounds = 1.5: expected int"]),
         ({"model": "resnet9"}, ["model = 'resnet9'", "nearest: 'resnet8'"]),
         ({"dataset": "cifar"}, ["dataset = 'cifar'", "path to a local .npz"]),
         ({"num-server-rounds": "ten"}, ["num-server-rounds = 'ten': expected int"]),

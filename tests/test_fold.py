@@ -11,7 +11,7 @@ from fedhn.models import build_model
 from fedhn.norms import is_norm
 
 MODELS = ["resnet8", "resnet20", "resnet18", "mlp", "tv_resnet18", "mobilenet_v2"]
-FOLDABLE = ["bn", "hn", "hn_g8", "mean=bn,std=bn+en"]
+FOLDABLE = ["bn", "hn", "hn_g8", "mean=bn,std=bn+en", "brn"]
 
 
 def _trained(name: str, norm: str) -> nn.Module:
@@ -54,6 +54,22 @@ def test_norms_with_per_sample_statistics_are_kept(norm):
     folded, report = fold_norms(model)
     assert sorted(report.kept) == sorted(_norm_names(model)) and not report.folded
     _assert_same_eval_outputs(model, folded, torch.randn(2, 3, 16, 16))
+
+
+def test_brn_folds_after_training_with_its_corrections_active():
+    model = _trained("resnet8", "bn")  # running statistics away from their init, then Batch Renorm over them
+    brn = build_model("resnet8", norm="brn", image_size=16)
+    brn.load_state_dict(model.state_dict())
+    brn.train()
+    brn(torch.randn(4, 3, 16, 16) * 3 - 1)  # r, d != 1, 0 move the running statistics
+    folded, report = fold_norms(brn.eval())
+    assert sorted(report.folded) == sorted(_norm_names(brn))
+    _assert_same_eval_outputs(brn, folded, torch.randn(3, 3, 16, 16))
+
+
+def test_frn_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match=r"cannot fold 9 FRN layers \(stem.1, .*own root mean square.*in eval mode"):
+        fold_norms(build_model("resnet8", norm="frn"))
 
 
 def test_torchvision_batchnorm_folds():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fedhn.models import build_model
-from fedhn.norms import HeterologousNorm, parse_spec
+from fedhn.norms import LAYER_CLASSES, TLU, HeterologousNorm, is_norm, parse_spec
 
 MODELS = ["resnet8", "resnet20", "resnet10", "resnet18", "mlp", "tv_resnet18", "mobilenet_v2", "shufflenet_v2_x1_5", "densenet121"]
 PRESETS = ["bn", "in", "ln", "gn", "gn_g4", "en", "en_g4", "hn", "hn_g8", "sn", "mean=bn,std=bn+en"]
@@ -26,6 +26,22 @@ def test_model_trains_one_step_with_every_preset(name, norm):
     model = build_model(name, num_classes=10, norm=norm)
     norms = [m for m in model.modules() if isinstance(m, HeterologousNorm)]
     assert norms and all(m.spec == parse_spec(norm) for m in norms)
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10)
+    out.logsumexp(1).sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("norm", sorted(LAYER_CLASSES))
+def test_model_trains_one_step_with_frn_and_brn(name, norm):
+    model = build_model(name, num_classes=10, norm=norm)
+    norms = [m for m in model.modules() if is_norm(m)]
+    assert norms and all(type(m) is LAYER_CLASSES[norm] for m in norms)
+    tlus = sum(isinstance(m, TLU) for m in model.modules())
+    assert (
+        tlus > 0 if norm == "frn" and not name.startswith(("tv_", "mobilenet", "shufflenet", "densenet")) else tlus == 0
+    )
     out = model(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 10)
     out.logsumexp(1).sum().backward()

@@ -1,8 +1,10 @@
 """The spec grammar: presets, general form, pixel sets and their error messages."""
 
 import pytest
+from typer.testing import CliRunner
 
-from fedhn.norms import PRESETS, PixelSet, parse_pixel_set, parse_spec
+from fedhn.launch.cli import app
+from fedhn.norms import LAYER_CLASSES, LAYER_PRESETS, PRESETS, PixelSet, parse_pixel_set, parse_spec
 
 BN, IN, LN = PixelSet(True, None), PixelSet(False, None), PixelSet(False, 1)
 
@@ -78,6 +80,8 @@ def test_grouped_sets_resolve_to_equal_homologous_sets():
         ("mean=bn,var=en", "mean=<sets>,std=<sets>"),
         ("mean=bn+bn,std=en", "same set twice"),
         ("gn_g0", "at least 1"),
+        ("frn", "is a layer class of its own, not a (mean set, std set) pair; build it with fedhn.norms.norm_layer"),
+        ("brm", "Did you mean 'brn'"),
     ],
 )
 def test_bad_specs_name_the_problem(spec, fragment):
@@ -89,3 +93,11 @@ def test_bad_specs_name_the_problem(spec, fragment):
 def test_groups_that_do_not_divide_list_the_divisors():
     with pytest.raises(ValueError, match=r"24 channels divide into 1, 2, 3, 4, 6, 8, 12, 24 groups"):
         parse_pixel_set("gn_g32").num_groups(24)
+
+
+def test_every_layer_preset_has_its_class_and_is_listed_by_fedhn_norms():
+    assert set(LAYER_CLASSES) == {preset.name for preset in LAYER_PRESETS}
+    listing = CliRunner().invoke(app, ["norms"]).output
+    for preset in LAYER_PRESETS:
+        row = next(line for line in listing.splitlines() if line.startswith(preset.name + " "))
+        assert preset.description in row and preset.inference in row

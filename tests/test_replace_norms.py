@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-from fedhn.norms import HeterologousNorm, norm_layer, replace_norms
+from fedhn.norms import BatchRenorm, FilterResponseNorm, HeterologousNorm, norm_layer, replace_norms
 
 
 def test_torchvision_resnet18_gets_hn_everywhere():
@@ -22,6 +22,28 @@ def test_torchvision_resnet18_gets_hn_everywhere():
     assert [m.num_features for m in norms] == channels
     assert all(m.spec.name == "hn" for m in norms)
     model(torch.randn(2, 3, 32, 32)).sum().backward()
+
+
+@pytest.mark.parametrize(("spec", "kind"), [("frn", FilterResponseNorm), ("brn", BatchRenorm)])
+def test_torchvision_resnet18_gets_frn_or_brn_everywhere(spec, kind):
+    model = torchvision.models.resnet18(num_classes=10)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum, module.eps = 0.01, 1e-3
+    channels = [m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    replace_norms(model, spec)
+    norms = [m for m in model.modules() if isinstance(m, kind)]
+    assert [m.num_features for m in norms] == channels and len(norms) == 20
+    assert all(m.eps == 1e-3 for m in norms)
+    assert all(m.momentum == 0.01 for m in norms) if kind is BatchRenorm else not hasattr(norms[0], "momentum")
+    assert not any(type(m) is nn.BatchNorm2d for m in model.modules())
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+
+
+def test_frn_and_brn_layers_are_norms_that_replace_norms_swaps_back():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), FilterResponseNorm(8), BatchRenorm(8))
+    replace_norms(model, "gn_g4")
+    assert [type(m).__name__ for m in model] == ["Conv2d", "HeterologousNorm", "HeterologousNorm"]
 
 
 def test_group_instance_and_channel_layer_norms_are_swapped_with_their_settings():

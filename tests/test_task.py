@@ -5,8 +5,9 @@ import torch
 
 from fedhn.app.config import RunConfig
 from fedhn.app.preflight import run_problems
-from fedhn.app.schedule import round_lr
-from fedhn.app.task import client_data, new_model, norm_keys, train_client
+from fedhn.app.schedule import renorm_limits, round_lr
+from fedhn.app.task import client_data, client_model, new_model, norm_keys, train_client, train_packed_clients
+from fedhn.norms import BatchRenorm
 
 
 def _config(defaults, **overrides) -> RunConfig:
@@ -86,3 +87,60 @@ def test_clients_train_with_the_lr_the_server_sends(defaults, tiny_npz):
     torch.testing.assert_close(frozen[weight], state[weight], rtol=0, atol=0)
     moved, _ = train_client(config, state, 0, 4, server_round=1, lr=0.5)
     assert not torch.equal(moved[weight], state[weight])
+
+
+@pytest.mark.parametrize(
+    ("norm", "suffixes"),
+    [
+        ("frn", {"weight", "bias", "eps_l"}),
+        ("brn", {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}),
+    ],
+)
+def test_fedbn_keeps_frn_and_brn_layers_local(defaults, tiny_npz, norm, suffixes):
+    """FedBN selects the norm layers by type: FRN's and Batch Renorm's parameters (and brn's statistics) stay on
+    the client; FRN's TLU thresholds are activation parameters and are averaged with the weights."""
+    config = _config(defaults, dataset=str(tiny_npz), model="mlp", norm=norm, stats_aggregation="local")
+    layers = ("features.2.", "features.5.", "features.8.", "features.11.")
+    assert norm_keys(config) == {f"{layer}{suffix}" for layer in layers for suffix in suffixes}
+    state = new_model(config).state_dict()
+    local = {k: torch.full_like(v, 3) for k, v in state.items() if k in norm_keys(config) and v.is_floating_point()}
+    trained, _ = train_client(config, state, 0, 4, server_round=1, lr=config.lr, local_state=local)
+    assert trained["features.2.weight"].mean() > 2  # started from the local 3s, not the global 1s
+
+
+def test_brn_bounds_follow_the_round(defaults):
+    config = _config(defaults, brn_r_max=3.0, brn_d_max=5.0, brn_warmup_rounds=2, brn_relax_rounds=4)
+    limits = [renorm_limits(config, server_round) for server_round in range(1, 9)]
+    assert limits == [(1, 0), (1, 0), (1.5, 1.25), (2, 2.5), (2.5, 3.75), (3, 5), (3, 5), (3, 5)]
+    at_once = _config(defaults, brn_r_max=2.0, brn_d_max=1.0, brn_warmup_rounds=1, brn_relax_rounds=0)
+    assert [renorm_limits(at_once, server_round) for server_round in (1, 2, 3)] == [(1, 0), (2, 1), (2, 1)]
+
+
+def test_brn_clients_train_as_bn_in_the_warmup_and_renormalize_after(defaults, tiny_npz):
+    """The client sets the bounds from the round it trains in: in a warm-up round brn trains exactly as bn."""
+    settings = dict(dataset=str(tiny_npz), model="mlp", batch_sizes="4", brn_warmup_rounds=1, brn_relax_rounds=2)
+    bn, brn = _config(defaults, norm="bn", **settings), _config(defaults, norm="brn", **settings)
+    torch.manual_seed(0)
+    state = {k: v.clone() for k, v in new_model(bn).state_dict().items()}
+    for server_round, same in ((1, True), (2, False)):
+        expected, _ = train_client(bn, state, 0, 4, server_round=server_round, lr=0.1)
+        expected = {k: v.clone() for k, v in expected.items()}
+        got, _ = train_client(brn, state, 0, 4, server_round=server_round, lr=0.1)
+        assert all(torch.equal(got[k], v) for k, v in expected.items()) is same
+        layer = next(m for m in client_model(brn).modules() if isinstance(m, BatchRenorm))
+        assert (layer.r_max, layer.d_max) == renorm_limits(brn, server_round)
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
+@pytest.mark.parametrize("norm", ["frn", "brn"])
+def test_packed_frn_and_brn_clients_train_as_they_would_alone(defaults, tiny_npz, norm):
+    config = _config(defaults, dataset=str(tiny_npz), model="resnet8", norm=norm, batch_sizes="4,8",
+                     brn_warmup_rounds=0, brn_relax_rounds=1)  # fmt: skip
+    torch.manual_seed(0)
+    state = {k: v.clone() for k, v in new_model(config).state_dict().items()}
+    packed = train_packed_clients(config, state, [0, 1], 4, server_round=2, lr=0.1, local_states={})
+    for client in (0, 1):
+        alone, result = train_client(config, state, client, 4, server_round=2, lr=0.1)
+        assert packed[client][1].steps == result.steps
+        for key, value in alone.items():
+            torch.testing.assert_close(packed[client][0][key], value, rtol=1e-4, atol=1e-5, msg=key)

@@ -19,7 +19,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 from fedhn.app.faults import FAULT_KINDS
 from fedhn.data import DATASETS
 from fedhn.models import MODELS, model_names
-from fedhn.norms import parse_spec
+from fedhn.norms import norm_layer
 from strategies import STATS_AGGREGATIONS
 
 __all__ = ["ConfigError", "RunConfig", "Key", "KEYS", "load_app_defaults", "markdown_table", "resolve_run_config"]
@@ -86,7 +86,7 @@ def _model(value: str) -> str | None:
 
 def _norm(value: str) -> str | None:
     try:
-        parse_spec(value)
+        norm_layer(value)
     except ValueError as error:
         return str(error)
     return None
@@ -187,7 +187,8 @@ class RunConfig:
     )
     norm: str = _key(
         "hn",
-        "a norm spec: a preset (`bn`, `gn_g8`, `hn`, `sn`, ...) or `mean=<sets>,std=<sets>` (`fedhn norms`)",
+        "a norm spec: a preset (`bn`, `gn_g8`, `hn`, `sn`, `frn`, `brn`, ...) or `mean=<sets>,std=<sets>` "
+        "(`fedhn norms`)",
         _norm,
     )
     num_server_rounds: int = _key(10, "federated rounds", _at_least(1), resumable=True)
@@ -280,6 +281,20 @@ class RunConfig:
     )
     calibrate_every: int = _key(
         0, "with `calibrate-stats`: also every k rounds (0 = after the last round only)", _at_least(0)
+    )
+    brn_r_max: float = _key(
+        3.0, "`brn`: the bound r_max of the std correction r once relaxed (1 = BatchNorm)", _at_least(1.0)
+    )
+    brn_d_max: float = _key(
+        5.0, "`brn`: the bound d_max of the mean correction d once relaxed (0 = BatchNorm)", _at_least(0.0)
+    )
+    brn_warmup_rounds: int = _key(
+        2, "`brn`: the first rounds train with r_max = 1, d_max = 0 (BatchNorm)", _at_least(0)
+    )
+    brn_relax_rounds: int = _key(
+        4,
+        "`brn`: after the warm-up, r_max and d_max rise linearly to `brn-r-max`, `brn-d-max` over this many rounds",
+        _at_least(0),
     )
 
     @classmethod

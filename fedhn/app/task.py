@@ -14,10 +14,11 @@ import torch
 from torch import Tensor, nn
 
 from fedhn.app.config import RunConfig
+from fedhn.app.schedule import renorm_limits
 from fedhn.cohort import Client, FunctionalCohort, pack, train_packed, unpack
 from fedhn.data import DATASETS, ImageData, assign_batch_sizes, crop_flip, load_dataset, partition_indices
 from fedhn.models import build_model
-from fedhn.norms import is_norm
+from fedhn.norms import is_norm, set_renorm_limits
 from fedhn.seeding import torch_generator
 from fedhn.training import TrainResult, client_lr, train
 
@@ -171,13 +172,15 @@ def train_client(
     local_state: dict[str, Tensor] | None = None,
 ) -> tuple[dict[str, Tensor], TrainResult]:
     """One client's round: load the global ``state`` (then ``local_state`` over it, e.g. FedBN's
-    norm layers), train on the partition with the round's base learning rate ``lr`` (scaled to the
+    norm layers), set Batch Renorm's bounds for the round (:func:`renorm_limits`), train on the
+    partition with the round's base learning rate ``lr`` (scaled to the
     client's batch size by ``lr-scaling``), return the new state and what training did."""
     spec = client_training(config, partition_id, num_partitions, server_round, lr)
     model = client_model(config)
     model.load_state_dict(state)
     if local_state:
         model.load_state_dict(local_state, strict=False)
+    set_renorm_limits(model, *renorm_limits(config, server_round))
     result = train(
         model,
         spec.images,
@@ -212,6 +215,7 @@ def train_packed_clients(
         model.load_state_dict(state)
         if local_states.get(client):
             model.load_state_dict(local_states[client], strict=False)
+        set_renorm_limits(model, *renorm_limits(config, server_round))
         models.append(model)
     try:
         cohort = pack(models)

@@ -34,13 +34,14 @@ def main(
 @app.command()
 def norms() -> None:
     """List every norm preset with its mean set and std set."""
-    from fedhn.norms import PRESETS, parse_spec
+    from fedhn.norms import LAYER_PRESETS, PRESETS, parse_spec
 
     rows = [("preset", "mean set", "std set", "inference statistics", "description")]
     for preset in PRESETS:
         spec = parse_spec(preset.name.replace("<G>", "8"))
         inference = "running (fixed, folds into conv)" if spec.uses_running_stats_only else "per sample"
         rows.append((preset.name, preset.mean, preset.std, inference, preset.description))
+    rows += [(p.name, p.mean, p.std, p.inference, p.description) for p in LAYER_PRESETS]
     rows.append(("mean=<sets>,std=<sets>", "any", "any", "running if every set is bn/en_g<G>", "general form"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:

@@ -6,6 +6,8 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
+from fedhn.norms import activation_after
+
 __all__ = ["CifarResNet", "BasicBlock"]
 
 NormFactory = Callable[[int], nn.Module]
@@ -16,7 +18,9 @@ def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with a residual connection (a 1x1 projection when the shape changes)."""
+    """Two 3x3 convolutions with a residual connection (a 1x1 projection when the shape changes). The
+    activations (after ``norm1``, after the residual sum) are the norm's choice (:func:`activation_after`):
+    ReLU, or TLU for FRN."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, norm: NormFactory) -> None:
         super().__init__()
@@ -24,7 +28,8 @@ class BasicBlock(nn.Module):
         self.norm1 = norm(out_channels)
         self.conv2 = _conv3x3(out_channels, out_channels)
         self.norm2 = norm(out_channels)
-        self.relu = nn.ReLU(inplace=True)
+        self.act1 = activation_after(self.norm1)
+        self.act2 = activation_after(self.norm2)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
@@ -32,9 +37,9 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.norm1(self.conv1(x)))
+        out = self.act1(self.norm1(self.conv1(x)))
         out = self.norm2(self.conv2(out))
-        return self.relu(out + self.shortcut(x))
+        return self.act2(out + self.shortcut(x))
 
 
 class CifarResNet(nn.Module):
@@ -50,7 +55,8 @@ class CifarResNet(nn.Module):
         in_channels: int = 3,
     ) -> None:
         super().__init__()
-        self.stem = nn.Sequential(_conv3x3(in_channels, widths[0]), norm(widths[0]), nn.ReLU(inplace=True))
+        stem_norm = norm(widths[0])
+        self.stem = nn.Sequential(_conv3x3(in_channels, widths[0]), stem_norm, activation_after(stem_norm))
         stages, channels = [], widths[0]
         for index, (width, count) in enumerate(zip(widths, blocks, strict=True)):
             layers = []

@@ -6,11 +6,14 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from fedhn.norms import activation_after
+
 __all__ = ["MLP"]
 
 
 class MLP(nn.Module):
-    """``depth`` blocks Linear -> norm -> ReLU of ``width`` units, then a linear classifier."""
+    """``depth`` blocks Linear -> norm -> ReLU (or the norm's own activation, :func:`activation_after`: TLU
+    for FRN) of ``width`` units, then a linear classifier."""
 
     def __init__(
         self,
@@ -23,7 +26,8 @@ class MLP(nn.Module):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         for index in range(depth):
-            layers += [nn.Linear(in_features if index == 0 else width, width), norm(width), nn.ReLU(inplace=True)]
+            layer_norm = norm(width)
+            layers += [nn.Linear(in_features if index == 0 else width, width), layer_norm, activation_after(layer_norm)]
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(width, num_classes)
 

@@ -1,7 +1,11 @@
-"""The normalization family: HN, BN, IN, LN, GN, EN, every (mean set, std set) pair, SN and mixtures.
+"""The normalization family: HN, BN, IN, LN, GN, EN, every (mean set, std set) pair, SN and mixtures,
+and the federated-learning baselines FRN (+ TLU) and Batch Renormalization.
 
-Every layer is a :class:`HeterologousNorm` built from a spec (:func:`parse_spec`): a preset such as
-``bn``, ``hn`` or ``gn_g8``, or ``mean=<sets>,std=<sets>``. Homologous presets dispatch to PyTorch's
+Every (mean set, std set) layer is a :class:`HeterologousNorm` built from a spec (:func:`parse_spec`): a
+preset such as ``bn``, ``hn`` or ``gn_g8``, or ``mean=<sets>,std=<sets>``. The presets ``frn``
+(:class:`FilterResponseNorm`, followed by :class:`TLU` where the model has its activation:
+:func:`activation_after`) and ``brn`` (:class:`BatchRenorm`, BatchNorm's buffers) are layer classes of their
+own (:data:`LAYER_PRESETS`, built by :func:`norm_layer`). Homologous presets dispatch to PyTorch's
 native kernels (``bn`` to ``F.batch_norm``, ``in``/``ln``/``gn`` to ``F.group_norm``). Layers with the mean
 set ``bn`` and batch std sets (``hn``, ``hn_g<G>``, ``mean=bn,std=bn+en``) train through the fused CPU
 kernel of :mod:`fedhn.norms.fused`; in eval mode, one batch mean set with one batch std set runs
@@ -25,13 +29,20 @@ Buffer convention (relied on by the server's statistics pooling, :mod:`strategie
 ``ln``, ``gn``) keep no running statistics: they are computed from the input in eval mode too.
 """
 
-from fedhn.norms.factory import NORM_TYPES, NormLayer, is_norm, norm_layer, replace_norms
+from fedhn.norms.batch_renorm import BatchRenorm, set_renorm_limits
+from fedhn.norms.factory import LAYER_CLASSES, NORM_TYPES, NormLayer, is_norm, norm_layer, replace_norms
+from fedhn.norms.frn import TLU, FilterResponseNorm, activation_after
 from fedhn.norms.layers import HeterologousNorm
 from fedhn.norms.pixel_sets import PixelSet, parse_pixel_set, parse_pixel_sets
-from fedhn.norms.spec import PRESETS, NormSpec, Preset, parse_spec
+from fedhn.norms.spec import LAYER_PRESETS, PRESETS, LayerPreset, NormSpec, Preset, parse_spec
 
 __all__ = [
+    "BatchRenorm",
+    "FilterResponseNorm",
     "HeterologousNorm",
+    "LAYER_CLASSES",
+    "LAYER_PRESETS",
+    "LayerPreset",
     "NORM_TYPES",
     "NormLayer",
     "NormSpec",
@@ -43,5 +54,8 @@ __all__ = [
     "parse_pixel_set",
     "parse_pixel_sets",
     "parse_spec",
+    "TLU",
+    "activation_after",
     "replace_norms",
+    "set_renorm_limits",
 ]

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 from collections.abc import Callable
 from itertools import chain
 
 from torch import nn
 
+from fedhn.norms.batch_renorm import BatchRenorm
+from fedhn.norms.frn import FilterResponseNorm
 from fedhn.norms.layers import HeterologousNorm
 from fedhn.norms.spec import NormSpec, parse_spec
 
-__all__ = ["NormLayer", "norm_layer", "replace_norms", "is_norm", "NORM_TYPES"]
+__all__ = ["LAYER_CLASSES", "NormLayer", "norm_layer", "replace_norms", "is_norm", "NORM_TYPES"]
 
 NormLayer = str | NormSpec | Callable[..., nn.Module]
 """A norm: a spec (``"hn"``, ``"mean=bn,std=bn+en"``, a :class:`NormSpec`), or a callable ``num_features ->
@@ -23,9 +26,14 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.GroupNorm,
     nn.modules.instancenorm._InstanceNorm,
     HeterologousNorm,
+    FilterResponseNorm,
 )
 """The norm classes :func:`is_norm` knows without importing torchvision; it also knows torchvision's
-``LayerNorm2d`` (channel LayerNorm, as in ConvNeXt) once torchvision is imported."""
+``LayerNorm2d`` (channel LayerNorm, as in ConvNeXt) once torchvision is imported. :class:`BatchRenorm` is a
+``_BatchNorm``."""
+
+LAYER_CLASSES: dict[str, type[nn.Module]] = {"frn": FilterResponseNorm, "brn": BatchRenorm}
+"""The layer class of each :data:`~fedhn.norms.spec.LAYER_PRESETS` name."""
 
 
 def is_norm(module: nn.Module) -> bool:
@@ -43,12 +51,15 @@ def _is_layer_norm_2d(module: nn.Module) -> bool:
 def norm_layer(spec: NormLayer, **kwargs) -> Callable[..., nn.Module]:
     """A factory ``num_features -> nn.Module`` for ``spec`` (usable as torchvision's or timm's ``norm_layer``).
 
-    A spec string or :class:`NormSpec` gives :class:`HeterologousNorm` layers; the spec is parsed now, so a bad
-    spec fails here; group counts are checked per layer. A callable (a norm class, a ``functools.partial``, any
+    A spec string or :class:`NormSpec` gives :class:`HeterologousNorm` layers, ``"frn"`` and ``"brn"`` their own
+    classes (:data:`LAYER_CLASSES`); the spec is parsed now, so a bad spec fails here; group counts are checked
+    per layer. A callable (a norm class, a ``functools.partial``, any
     ``num_features -> nn.Module``) is used as it is. ``kwargs`` (e.g. eps, momentum, affine) go to every layer.
     """
     if callable(spec):
         return functools.partial(spec, **kwargs) if kwargs else spec
+    if isinstance(spec, str) and spec.strip().lower() in LAYER_CLASSES:
+        return functools.partial(LAYER_CLASSES[spec.strip().lower()], **kwargs)
     parsed = parse_spec(spec)
     return functools.partial(
         HeterologousNorm, mean="+".join(map(str, parsed.mean)), std="+".join(map(str, parsed.std)), **kwargs
@@ -59,7 +70,8 @@ def replace_norms(model: nn.Module, spec: NormLayer) -> nn.Module:
     """Swap every BatchNorm, GroupNorm, InstanceNorm and channel LayerNorm (torchvision's
     ``LayerNorm2d``) of ``model`` for ``spec``, in place, and return the model.
 
-    For a spec, channel counts, ``eps``, ``affine`` and BatchNorm's ``momentum`` carry over; parameters and
+    For a spec, channel counts, ``eps``, ``affine`` and BatchNorm's ``momentum`` (where the new layer takes one:
+    ``frn`` has none) carry over; parameters and
     statistics start fresh. A callable ``spec`` is called with the channel count only (bind its other
     settings with ``functools.partial``). Plain ``nn.LayerNorm`` (channels-last, as in transformers) is left alone.
 
@@ -88,6 +100,8 @@ def _convert(make: Callable[..., nn.Module], layer: nn.Module, where: str, setti
         channels, affine = layer.num_features, layer.affine
     momentum = layer.momentum if isinstance(layer, nn.modules.batchnorm._BatchNorm) else 0.1
     kwargs = {"eps": layer.eps, "momentum": momentum, "affine": affine} if settings else {}
+    accepted = inspect.signature(make).parameters
+    kwargs = {key: value for key, value in kwargs.items() if key in accepted}
     try:
         new = make(channels, **kwargs)
     except ValueError as error:

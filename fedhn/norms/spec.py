@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from fedhn.norms.pixel_sets import PixelSet, parse_pixel_sets
 
-__all__ = ["NormSpec", "Preset", "PRESETS", "parse_spec"]
+__all__ = ["LAYER_PRESETS", "LayerPreset", "NormSpec", "Preset", "PRESETS", "parse_spec"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,37 @@ PRESETS: tuple[Preset, ...] = (
     Preset("hn_g<G>", "bn", "en_g<G>", "Heterologous Normalization: BN mean, EN_G std"),
     Preset("sn", "bn+in+ln", "bn+in+ln", "Switchable Normalization"),
 )
+
+
+@dataclass(frozen=True)
+class LayerPreset:
+    """A norm that is not a (mean set, std set) pair but a layer class of its own
+    (:data:`fedhn.norms.factory.LAYER_CLASSES` builds it); the fields are what ``fedhn norms`` lists."""
+
+    name: str
+    mean: str
+    std: str
+    inference: str
+    description: str
+
+
+LAYER_PRESETS: tuple[LayerPreset, ...] = (
+    LayerPreset(
+        "frn",
+        "none (not centered)",
+        "in (mean of x^2)",
+        "per sample",
+        "Filter Response Normalization + TLU (Singh and Krishnan, CVPR 2020)",
+    ),
+    LayerPreset(
+        "brn",
+        "bn",
+        "bn",
+        "running (fixed, folds into conv)",
+        "Batch Renormalization (Ioffe 2017): BN corrected by r, d towards the running statistics",
+    ),
+)
+_LAYERS = {p.name: p for p in LAYER_PRESETS}
 _FIXED = {p.name: p for p in PRESETS if "<G>" not in p.name}
 _GROUPED = {p.name.split("_")[0]: p for p in PRESETS if "<G>" in p.name}
 _GROUPED_NAME = re.compile(r"^(gn|en|hn)_g(\d+)$")
@@ -85,6 +116,11 @@ def parse_spec(spec: str | NormSpec) -> NormSpec:
     if isinstance(spec, NormSpec):
         return spec
     text = spec.strip().lower().replace(" ", "")
+    if text in _LAYERS:
+        raise ValueError(
+            f"{text!r} ({_LAYERS[text].description}) is a layer class of its own, not a (mean set, std set) pair; "
+            f"build it with fedhn.norms.norm_layer({text!r})"
+        )
     if "=" in text:
         return _parse_general(spec, text)
     if text in _FIXED:
@@ -98,7 +134,7 @@ def parse_spec(spec: str | NormSpec) -> NormSpec:
             parse_pixel_sets(preset.mean.replace("<G>", groups)),
             parse_pixel_sets(preset.std.replace("<G>", groups)),
         )
-    names = [p.name for p in PRESETS]
+    names = [p.name for p in PRESETS + LAYER_PRESETS]
     hint = difflib.get_close_matches(text, [n.replace("<G>", "8") for n in names], n=1, cutoff=0.5)
     suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
     raise ValueError(

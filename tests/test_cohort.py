@@ -12,7 +12,7 @@ from fedhn.cohort import Client, FunctionalCohort, Group, pack, train_packed, un
 from fedhn.data import crop_flip
 from fedhn.models import build_model
 from fedhn.models.cifar_resnet import CifarResNet
-from fedhn.norms import HeterologousNorm, norm_layer
+from fedhn.norms import HeterologousNorm, freeze_statistics, norm_layer
 from fedhn.training import client_lr, train
 
 NORMS = ("bn", "gn_g4", "hn", "hn_g8", "sn", "mean=bn,std=bn+en")
@@ -121,6 +121,21 @@ def test_cumulative_average_uses_each_members_own_batch_count(norm):
             if isinstance(module, HeterologousNorm):
                 module.num_batches_tracked.fill_(3 * index)
     _compare(models, pack(models), RESNET_CLIENTS, _data((3, 8, 8), RESNET_CLIENTS), True, 2, atol=1e-10)
+
+
+@pytest.mark.parametrize("norm", ["bn", "hn", "hn_g8", "sn", "mean=bn,std=bn+en"])
+def test_packed_members_with_frozen_statistics_equal_one_by_one(norm):
+    """FixBN: each member normalizes with its own running statistics, which stay where they were."""
+    models = _models(lambda: _resnet8(norm), len(RESNET_CLIENTS))
+    for index, model in enumerate(models):
+        model.train()(torch.randn(4, 3, 8, 8) * (1 + index))  # members' statistics differ
+        freeze_statistics(model)
+    before = [copy.deepcopy(model.state_dict()) for model in models]
+    cohort = pack(models)
+    _compare(models, cohort, RESNET_CLIENTS, _data((3, 8, 8), RESNET_CLIENTS), True, 1, atol=1e-10)
+    for state, original in zip(unpack(cohort), before, strict=True):
+        for key in (key for key in original if "running" in key or "num_batches" in key):
+            assert torch.equal(state[key], original[key]), key
 
 
 def test_members_that_are_not_consecutive_get_their_own_gradients_and_statistics():

@@ -26,6 +26,7 @@ Buffer convention (relied on by the server's statistics pooling, :mod:`strategie
 """
 
 from fedhn.norms.factory import NORM_TYPES, NormLayer, is_norm, norm_layer, replace_norms
+from fedhn.norms.freeze import freeze_statistics, frozen_layers, statistics_layers
 from fedhn.norms.layers import HeterologousNorm
 from fedhn.norms.pixel_sets import PixelSet, parse_pixel_set, parse_pixel_sets
 from fedhn.norms.spec import PRESETS, NormSpec, Preset, parse_spec
@@ -38,10 +39,13 @@ __all__ = [
     "PRESETS",
     "PixelSet",
     "Preset",
+    "freeze_statistics",
+    "frozen_layers",
     "is_norm",
     "norm_layer",
     "parse_pixel_set",
     "parse_pixel_sets",
     "parse_spec",
     "replace_norms",
+    "statistics_layers",
 ]

@@ -125,7 +125,7 @@ def test_data(config: RunConfig) -> tuple[Tensor, Tensor]:
 def new_model(config: RunConfig) -> nn.Module:
     """A freshly initialized model for the run's dataset, on the compute device."""
     data = dataset(config)
-    model = build_model(config.model, data.num_classes, config.norm, data.channels, data.image_size)
+    model = build_model(config.model, data.num_classes, config.norm, data.channels, data.image_size, config.conv)
     return model.to(device())
 
 

@@ -25,7 +25,7 @@ Buffer convention (relied on by the server's statistics pooling, :mod:`strategie
 ``ln``, ``gn``) keep no running statistics: they are computed from the input in eval mode too.
 """
 
-from fedhn.norms.factory import NORM_TYPES, NormLayer, is_norm, norm_layer, replace_norms
+from fedhn.norms.factory import NO_NORM, NORM_TYPES, NormLayer, is_no_norm, is_norm, norm_layer, replace_norms
 from fedhn.norms.freeze import freeze_statistics, frozen_layers, statistics_layers
 from fedhn.norms.layers import HeterologousNorm
 from fedhn.norms.pixel_sets import PixelSet, parse_pixel_set, parse_pixel_sets
@@ -33,6 +33,7 @@ from fedhn.norms.spec import PRESETS, NormSpec, Preset, parse_spec
 
 __all__ = [
     "HeterologousNorm",
+    "NO_NORM",
     "NORM_TYPES",
     "NormLayer",
     "NormSpec",
@@ -41,6 +42,7 @@ __all__ = [
     "Preset",
     "freeze_statistics",
     "frozen_layers",
+    "is_no_norm",
     "is_norm",
     "norm_layer",
     "parse_pixel_set",

@@ -241,7 +241,7 @@ class RunConfig:
     agc_clip: float = _key(
         0.0,
         "adaptive gradient clipping (FedWon, NFNets): each unit's gradient norm at most `agc-clip` times its "
-        "weight norm; the classifier is not clipped; 0 = off (0.01-0.16 in the papers)",
+        "weight norm; the classifier is not clipped; 0 = off (NFNets used 0.01-0.16, larger for smaller batches)",
         _at_least(0.0),
     )
     augment: str = _key(

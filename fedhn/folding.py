@@ -10,6 +10,9 @@ but a per-sample normalization, so folding would leave it unchanged while promis
 The layer before a norm is found in the graph of :func:`torch.fx.symbolic_trace` (norms traced as leaves).
 Models that do not trace fall back to adjacent modules of ``nn.Sequential`` containers and to the known
 pairs of fedhn's CIFAR ResNet blocks.
+
+Scaled weight-standardized convolutions (:class:`fedhn.models.norm_free.WSConv2d`) become the plain
+``nn.Conv2d`` of their standardized weight first, so norms after them fold as after any convolution.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from fedhn.models.cifar_resnet import BasicBlock
+from fedhn.models.norm_free import WSConv2d
 from fedhn.norms import FilterResponseNorm, HeterologousNorm, is_norm
 from fedhn.norms.functional import affine_coefficients
 
@@ -58,12 +62,14 @@ class FoldReport:
         folded: norm name -> name of the layer it was folded into (the norm is now ``nn.Identity``).
         affine: norms with fixed statistics but no layer to fold into, now :class:`ChannelAffine`.
         kept: norms that compute statistics of each sample in eval mode, unchanged.
+        standardized: weight-standardized convolutions, now plain ``nn.Conv2d`` with the standardized weight.
         traced: whether the layer before each norm came from the traced graph (else from the fallback).
     """
 
     folded: dict[str, str] = field(default_factory=dict)
     affine: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    standardized: list[str] = field(default_factory=list)
     traced: bool = True
 
 
@@ -85,8 +91,15 @@ def fold_norms(model: nn.Module) -> tuple[nn.Module, FoldReport]:
             "fixed affine map and nothing would fold; norms with running statistics (bn, brn, hn, ...) fold"
         )
     folded_model = copy.deepcopy(model).eval()
-    modules = dict(folded_model.named_modules())
     report = FoldReport()
+    for name, module in list(folded_model.named_modules()):
+        if isinstance(module, WSConv2d):
+            if name:
+                _set_module(folded_model, name, module.plain())
+            else:
+                folded_model = module.plain().eval()
+            report.standardized.append(name)
+    modules = dict(folded_model.named_modules())
     try:
         pairs = _traced_pairs(folded_model, modules)
     except Exception:  # any tracing failure: use the structural fallback

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fedhn.clipping import AdaptiveClipping
+
 __all__ = ["TrainResult", "epoch_batches", "sgd", "train", "evaluate", "client_lr"]
 
 _FUSED_SGD_DEVICES = ("cpu", "cuda")  # where torch.optim.SGD(fused=True) runs; foreach elsewhere
@@ -74,11 +76,13 @@ def train(
     fused: bool | None = None,
     max_steps: int | None = None,
     after_step: Callable[[], None] | None = None,
+    agc_clip: float = 0.0,
     lr_factor: Callable[[int], float] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with SGD on (normalized) ``images`` for ``epochs`` epochs (stopping
-    after ``max_steps`` steps if given), calling ``after_step()`` after every optimizer step. With
-    ``lr_factor``, step t uses ``lr * lr_factor(t)`` (``torch.optim.lr_scheduler.LambdaLR``).
+    after ``max_steps`` steps if given), calling ``after_step()`` after every optimizer step; with
+    ``agc_clip > 0`` the gradients are clipped adaptively first (:mod:`fedhn.clipping`, classifier spared).
+    With ``lr_factor``, step t uses ``lr * lr_factor(t)`` (``torch.optim.lr_scheduler.LambdaLR``).
 
     Data and model stay on the device of ``images``; the loss is accumulated on the device and read
     once at the end (no host sync per step). SGD runs as one fused kernel over all parameters on CPU
@@ -88,6 +92,8 @@ def train(
     model.train()
     optimizer = sgd(model, lr, momentum, weight_decay, images.device, fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor) if lr_factor is not None else None
+    clipping = AdaptiveClipping(model, agc_clip) if agc_clip else None
+    params = list(model.parameters())
     total_loss = torch.zeros((), device=images.device)
     steps = examples = 0
     for _ in range(epochs):
@@ -98,6 +104,8 @@ def train(
             loss = F.cross_entropy(model(epoch_images[index]), labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if clipping is not None:
+                clipping(params, [p.grad for p in params])
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()

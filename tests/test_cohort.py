@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedhn.clipping import AdaptiveClipping
 from fedhn.cohort import Client, FunctionalCohort, Group, pack, train_packed, unpack
 from fedhn.data import crop_flip
 from fedhn.models import build_model
 from fedhn.models.cifar_resnet import CifarResNet
-from fedhn.norms import HeterologousNorm, norm_layer
+from fedhn.norms import HeterologousNorm, freeze_statistics, norm_layer
 from fedhn.training import client_lr, train
 
 NORMS = ("bn", "gn_g4", "hn", "hn_g8", "sn", "mean=bn,std=bn+en")
@@ -62,17 +63,20 @@ def _client(index: int, images, labels, batch_size: int, augment: bool) -> Clien
     return Client(images, labels, batch_size, client_lr(0.5, batch_size, "linear"), generator, crop)
 
 
-def _compare(models, cohort, sizes, data, augment: bool, epochs: int, atol: float, rtol: float = 0.0) -> None:
+def _compare(
+    models, cohort, sizes, data, augment: bool, epochs: int, atol: float, rtol: float = 0.0, agc_clip: float = 0.0
+) -> None:
     """Train the cohort packed and copies of ``models`` one by one on the same clients; assert equal."""
     clients = [_client(i, x, y, b, augment) for i, ((b, _), (x, y)) in enumerate(zip(sizes, data, strict=True))]
-    results = train_packed(cohort, clients, epochs=epochs, **SETTINGS)
+    clipping = AdaptiveClipping(models[0], agc_clip) if agc_clip else None
+    results = train_packed(cohort, clients, epochs=epochs, clipping=clipping, **SETTINGS)
     states = unpack(cohort)
     for index, model in enumerate(models):
         alone = copy.deepcopy(model)
         c = _client(index, *data[index], sizes[index][0], augment)
         expected = train(
             alone, c.images, c.labels, batch_size=c.batch_size, epochs=epochs, lr=c.lr, generator=c.generator,
-            augment=c.augment, **SETTINGS,
+            augment=c.augment, agc_clip=agc_clip, **SETTINGS,
         )  # fmt: skip
         reference = alone.state_dict()
         assert list(states[index]) == list(reference)
@@ -121,6 +125,35 @@ def test_cumulative_average_uses_each_members_own_batch_count(norm):
             if isinstance(module, HeterologousNorm):
                 module.num_batches_tracked.fill_(3 * index)
     _compare(models, pack(models), RESNET_CLIENTS, _data((3, 8, 8), RESNET_CLIENTS), True, 2, atol=1e-10)
+
+
+@pytest.mark.parametrize("norm", ["bn", "hn", "hn_g8", "sn", "mean=bn,std=bn+en"])
+def test_packed_members_with_frozen_statistics_equal_one_by_one(norm):
+    """FixBN: each member normalizes with its own running statistics, which stay where they were."""
+    models = _models(lambda: _resnet8(norm), len(RESNET_CLIENTS))
+    for index, model in enumerate(models):
+        model.train()(torch.randn(4, 3, 8, 8) * (1 + index))  # members' statistics differ
+        freeze_statistics(model)
+    before = [copy.deepcopy(model.state_dict()) for model in models]
+    cohort = pack(models)
+    _compare(models, cohort, RESNET_CLIENTS, _data((3, 8, 8), RESNET_CLIENTS), True, 1, atol=1e-10)
+    for state, original in zip(unpack(cohort), before, strict=True):
+        for key in (key for key in original if "running" in key or "num_batches" in key):
+            assert torch.equal(state[key], original[key]), key
+
+
+@pytest.mark.parametrize(("norm", "agc_clip"), [("none", 0.0), ("none", 0.02), ("bn", 0.02)])
+def test_packed_weight_standardized_resnet_equals_one_by_one(norm, agc_clip):
+    """FedWon's pieces packed: ws convolutions, SkipInit gains, adaptive gradient clipping per member."""
+    build = lambda: build_model("resnet8", 4, norm, 3, conv="ws")  # noqa: E731
+    models = _models(build, len(RESNET_CLIENTS))
+    for model in models:  # SkipInit gains start at 0; move them so the residual branches count
+        for name, parameter in model.named_parameters():
+            if name.endswith("residual_gain.gain"):
+                parameter.data.fill_(0.5)
+    cohort = pack(models)
+    assert any(type(m).__name__ == "CohortWSConv2d" for m in cohort.modules())
+    _compare(models, cohort, RESNET_CLIENTS, _data((3, 8, 8), RESNET_CLIENTS), True, 1, atol=1e-10, agc_clip=agc_clip)
 
 
 def test_members_that_are_not_consecutive_get_their_own_gradients_and_statistics():

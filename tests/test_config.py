@@ -58,6 +58,16 @@ def test_integers_are_accepted_for_floats(defaults):
         ({"fault-kinds": "nan,crash"}, ["unknown fault kinds ['crash']"]),
         ({"resume": True}, ["resume = true needs out-dir"]),
         ({"seed": True}, ["seed = True: expected int"]),
+        ({"agc-clip": -0.01}, ["agc-clip = -0.01: must be >= 0.0"]),
+        ({"conv": "wss"}, ["conv = 'wss'", "allowed values: plain, ws", "nearest: 'ws'"]),
+        ({"freeze-stats-after": -1}, ["freeze-stats-after = -1: must be >= 0"]),
+        ({"freeze-stats-after": 3, "norm": "gn_g4"}, ["norm = 'gn_g4' keeps no running statistics to freeze"]),
+        ({"freeze-stats-after": 3, "norm": "none"}, ["norm = 'none' keeps no running statistics to freeze"]),
+        ({"freeze-stats-after": 3, "stats-aggregation": "local"}, ["no global statistics to freeze at"]),
+        (
+            {"freeze-stats-after": 3, "calibrate-stats": True, "calibrate-every": 2},
+            ["calibrated once, after round T", "set calibrate-every = 0"],
+        ),
     ],
 )
 def test_bad_values_name_key_allowed_values_and_nearest(defaults, override, fragments):
@@ -65,6 +75,19 @@ def test_bad_values_name_key_allowed_values_and_nearest(defaults, override, frag
         RunConfig.from_mapping(defaults | override)
     for fragment in fragments:
         assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"norm": "none", "conv": "ws", "agc-clip": 0.01},
+        {"freeze-stats-after": 3, "norm": "sn"},
+        {"freeze-stats-after": 3, "norm": "mean=bn,std=bn+en", "calibrate-stats": True},
+    ],
+)
+def test_fedwon_and_fixbn_configurations_are_valid(defaults, override):
+    config = RunConfig.from_mapping(defaults | override)
+    assert config.to_dict() == defaults | override
 
 
 def test_every_problem_is_reported_at_once(defaults):

@@ -8,7 +8,17 @@ import torch
 from fedhn.models import build_model
 from fedhn.norms import LAYER_CLASSES, TLU, HeterologousNorm, is_norm, parse_spec
 
-MODELS = ["resnet8", "resnet20", "resnet10", "resnet18", "mlp", "tv_resnet18", "mobilenet_v2", "shufflenet_v2_x1_5", "densenet121"]
+MODELS = [
+    "resnet8",
+    "resnet20",
+    "resnet10",
+    "resnet18",
+    "mlp",
+    "tv_resnet18",
+    "mobilenet_v2",
+    "shufflenet_v2_x1_5",
+    "densenet121",
+]
 PRESETS = ["bn", "in", "ln", "gn", "gn_g4", "en", "en_g4", "hn", "hn_g8", "sn", "mean=bn,std=bn+en"]
 # Channel counts of these models that 32 groups do not divide (gn_g32 cannot fit).
 GN32_MISFITS = {"resnet8", "resnet20", "resnet10", "mobilenet_v2", "shufflenet_v2_x1_5"}

@@ -18,8 +18,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from fedhn.app.faults import FAULT_KINDS
 from fedhn.data import DATASETS
-from fedhn.models import MODELS, model_names
-from fedhn.norms import norm_layer
+from fedhn.models import CONVS, MODELS, model_names
+from fedhn.norms import is_no_norm, norm_layer, parse_spec
 from strategies import STATS_AGGREGATIONS
 
 __all__ = ["ConfigError", "RunConfig", "Key", "KEYS", "load_app_defaults", "markdown_table", "resolve_run_config"]
@@ -85,6 +85,8 @@ def _model(value: str) -> str | None:
 
 
 def _norm(value: str) -> str | None:
+    if is_no_norm(value):
+        return None
     try:
         norm_layer(value)
     except ValueError as error:
@@ -187,9 +189,14 @@ class RunConfig:
     )
     norm: str = _key(
         "hn",
-        "a norm spec: a preset (`bn`, `gn_g8`, `hn`, `sn`, `frn`, `brn`, ...) or `mean=<sets>,std=<sets>` "
-        "(`fedhn norms`)",
+        "a norm spec: a preset (`bn`, `gn_g8`, `hn`, `sn`, `frn`, `brn`, ...), `mean=<sets>,std=<sets>` "
+        '(`fedhn norms`), or `none` (no normalization: FedWon, with `conv = "ws"` and `agc-clip`)',
         _norm,
+    )
+    conv: str = _key(
+        "plain",
+        "`plain` convolutions, or `ws`: scaled weight-standardized ones with a learnable gain (FedWon, NF-ResNets)",
+        _choice(*CONVS),
     )
     num_server_rounds: int = _key(10, "federated rounds", _at_least(1), resumable=True)
     fraction_train: float = _key(1.0, "fraction of the clients sampled each round", _in_range(0.0, 1.0))
@@ -231,6 +238,12 @@ class RunConfig:
     )
     momentum: float = _key(0.9, "SGD momentum", _at_least(0.0))
     weight_decay: float = _key(0.0005, "SGD weight decay", _at_least(0.0))
+    agc_clip: float = _key(
+        0.0,
+        "adaptive gradient clipping (FedWon, NFNets): each unit's gradient norm at most `agc-clip` times its "
+        "weight norm; the classifier is not clipped; 0 = off (NFNets used 0.01-0.16, larger for smaller batches)",
+        _at_least(0.0),
+    )
     augment: str = _key(
         "auto",
         "`crop-flip` (pad-4 random crop + flip, batched on tensors), `none`; `auto` = crop-flip for CIFAR-like data",
@@ -296,6 +309,12 @@ class RunConfig:
         "`brn`: after the warm-up, r_max and d_max rise linearly to `brn-r-max`, `brn-d-max` over this many rounds",
         _at_least(0),
     )
+    freeze_stats_after: int = _key(
+        0,
+        "FixBN: after round T the clients normalize with the global running statistics in training too, and the "
+        "statistics stay fixed (with `calibrate-stats`: calibrated once, after round T); 0 = never",
+        _at_least(0),
+    )
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> RunConfig:
@@ -321,6 +340,8 @@ class RunConfig:
                 problems.append(f"{name} = {mapping[name]!r}: {problem}")
         if values.get("resume") and not values.get("out_dir"):
             problems.append("resume = true needs out-dir: the directory of the run to continue")
+        if not problems:
+            problems = _freeze_problems(values)
         if problems:
             raise ConfigError.listing(problems)
         return cls(**values)
@@ -328,6 +349,30 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """The flat run config (kebab-case keys), as Flower and config.json hold it."""
         return {name: key.unparse(getattr(self, key.attribute)) for name, key in KEYS.items()}
+
+
+def _freeze_problems(values: Mapping[str, Any]) -> list[str]:
+    """What makes ``freeze-stats-after`` (FixBN) meaningless with the other keys."""
+    after = values["freeze_stats_after"]
+    if not after:
+        return []
+    norm = values["norm"]
+    if is_no_norm(norm) or not parse_spec(norm).keeps_running_stats:
+        return [
+            f"freeze-stats-after = {after}: norm = {norm!r} keeps no running statistics to freeze; use a norm with "
+            "a batch set (bn, en, hn, hn_g<G>, sn, mean=bn,std=bn+en, ...) or freeze-stats-after = 0"
+        ]
+    if values["stats_aggregation"] == "local":
+        return [
+            f"freeze-stats-after = {after}: with stats-aggregation = 'local' (FedBN) there are no global statistics "
+            "to freeze at (each client keeps its own); use stats-aggregation = 'pooled' or 'mean', or do not freeze"
+        ]
+    if values["calibrate_stats"] and values["calibrate_every"]:
+        return [
+            f"freeze-stats-after = {after} with calibrate-every = {values['calibrate_every']}: frozen statistics "
+            "are calibrated once, after round T, and must not change afterwards; set calibrate-every = 0"
+        ]
+    return []
 
 
 _TYPES = get_type_hints(RunConfig)

@@ -1,7 +1,8 @@
 """The federated calibration protocol (run-config key ``calibrate-stats``), over the math of
 :mod:`fedhn.calibration`.
 
-After an aggregation that is due (the last round, and every ``calibrate-every`` rounds), the server
+After an aggregation that is due (the last round, and every ``calibrate-every`` rounds; with
+``freeze-stats-after = T`` (FixBN) once, after round T, the statistics the clients then freeze), the server
 calibrates the global model layer by layer in forward order: for each layer, one message round
 (``query.calibrate``) in which every node returns the sums of that layer's input over its partition
 under the current global model (:func:`node_sums`); the server pools them, sets the layer, and
@@ -35,7 +36,9 @@ class FederatedCalibration:
         self.grid, self.config, self.model = grid, config, model
 
     def due(self, server_round: int) -> bool:
-        every = self.config.calibrate_every
+        every, frozen_after = self.config.calibrate_every, self.config.freeze_stats_after
+        if self.config.calibrate_stats and frozen_after:
+            return server_round == min(frozen_after, self.config.num_server_rounds)
         return self.config.calibrate_stats and (
             server_round == self.config.num_server_rounds or bool(every and server_round % every == 0)
         )

@@ -27,7 +27,8 @@ def run_problems(config: RunConfig, num_partitions: int = 0) -> list[str]:
         with torch.no_grad():
             model(torch.zeros(2, data.channels, data.image_size, data.image_size, device=device()))
     except ValueError as error:
-        return [f"norm = {config.norm!r} does not fit model {config.model!r} on {config.dataset}: {error}"]
+        conv = "" if config.conv == "plain" else f" with conv = {config.conv!r}"
+        return [f"norm = {config.norm!r} does not fit model {config.model!r}{conv} on {config.dataset}: {error}"]
     try:
         check_restore(config, model)
     except (FileNotFoundError, ValueError) as error:

@@ -15,10 +15,11 @@ from torch import Tensor, nn
 
 from fedhn.app.config import RunConfig
 from fedhn.app.schedule import renorm_limits
+from fedhn.clipping import AdaptiveClipping
 from fedhn.cohort import Client, FunctionalCohort, pack, train_packed, unpack
 from fedhn.data import DATASETS, ImageData, assign_batch_sizes, crop_flip, load_dataset, partition_indices
 from fedhn.models import build_model
-from fedhn.norms import is_norm, set_renorm_limits
+from fedhn.norms import freeze_statistics, is_norm, set_renorm_limits
 from fedhn.seeding import torch_generator
 from fedhn.training import TrainResult, client_lr, train
 
@@ -27,6 +28,7 @@ __all__ = [
     "ClientLayout",
     "client_data",
     "client_model",
+    "round_model",
     "dataset",
     "device",
     "new_model",
@@ -126,7 +128,7 @@ def test_data(config: RunConfig) -> tuple[Tensor, Tensor]:
 def new_model(config: RunConfig) -> nn.Module:
     """A freshly initialized model for the run's dataset, on the compute device."""
     data = dataset(config)
-    model = build_model(config.model, data.num_classes, config.norm, data.channels, data.image_size)
+    model = build_model(config.model, data.num_classes, config.norm, data.channels, data.image_size, config.conv)
     return model.to(device())
 
 
@@ -134,6 +136,16 @@ def new_model(config: RunConfig) -> nn.Module:
 def client_model(config: RunConfig) -> nn.Module:
     """The model this process trains its clients in (loaded with each client's state in turn)."""
     return new_model(config)
+
+
+def round_model(config: RunConfig, server_round: int) -> nn.Module:
+    """:func:`client_model` set up for training in ``server_round``: with ``freeze-stats-after = T``, its
+    running statistics frozen from round T+1 on (FixBN: the clients normalize with the global statistics
+    the server sent)."""
+    model = client_model(config)
+    if config.freeze_stats_after:
+        freeze_statistics(model, server_round > config.freeze_stats_after)
+    return model
 
 
 @functools.lru_cache(maxsize=2)
@@ -176,7 +188,7 @@ def train_client(
     partition with the round's base learning rate ``lr`` (scaled to the
     client's batch size by ``lr-scaling``), return the new state and what training did."""
     spec = client_training(config, partition_id, num_partitions, server_round, lr)
-    model = client_model(config)
+    model = round_model(config, server_round)
     model.load_state_dict(state)
     if local_state:
         model.load_state_dict(local_state, strict=False)
@@ -192,6 +204,7 @@ def train_client(
         weight_decay=config.weight_decay,
         generator=spec.generator,
         augment=spec.augment,
+        agc_clip=config.agc_clip,
     )
     # A copy: the process's model is loaded with the next client's state while this one's is still needed.
     return {key: value.detach().clone() for key, value in model.state_dict().items()}, result
@@ -211,7 +224,7 @@ def train_packed_clients(
     if it had trained alone (to float rounding)."""
     models = []
     for client in clients:
-        model = copy.deepcopy(client_model(config))
+        model = copy.deepcopy(round_model(config, server_round))
         model.load_state_dict(state)
         if local_states.get(client):
             model.load_state_dict(local_states[client], strict=False)
@@ -223,6 +236,11 @@ def train_packed_clients(
         cohort = FunctionalCohort(models)
     specs = [client_training(config, client, num_clients, server_round, lr) for client in clients]
     results = train_packed(
-        cohort, specs, epochs=config.local_epochs, momentum=config.momentum, weight_decay=config.weight_decay
+        cohort,
+        specs,
+        epochs=config.local_epochs,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        clipping=AdaptiveClipping(models[0], config.agc_clip) if config.agc_clip else None,
     )
     return {client: (trained, result) for client, trained, result in zip(clients, unpack(cohort), results, strict=True)}

@@ -1,5 +1,6 @@
-"""Cohort versions of the weighted layers: K convolutions as one grouped convolution, K linear
-layers as one batched matrix product, on the packed layout (B, K*C, ...) of :mod:`fedhn.cohort.pack`."""
+"""Cohort versions of the weighted layers: K convolutions (plain or scaled weight-standardized) as one grouped
+convolution, K linear layers as one batched matrix product, K residual gains as one per-member scale, on the
+packed layout (B, K*C, ...) of :mod:`fedhn.cohort.pack`."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fedhn.cohort.members import Selection, take
+from fedhn.cohort.members import Members, Selection, take
+from fedhn.models.norm_free import ResidualGain, WSConv2d, standardize_weight
 
-__all__ = ["CohortConv2d", "CohortLinear", "stack_parameter"]
+__all__ = ["CohortConv2d", "CohortLinear", "CohortResidualGain", "CohortWSConv2d", "stack_parameter"]
 
 
 def stack_parameter(modules: Sequence[nn.Module], name: str) -> nn.Parameter | None:
@@ -39,10 +41,42 @@ class CohortConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         members = self.selection.members
-        weight = take(self.weight, members).flatten(0, 1)
+        weight = self.member_weights(members).flatten(0, 1)
         bias = None if self.bias is None else take(self.bias, members).flatten()
         groups = self.groups * self.selection.count
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
+
+    def member_weights(self, members: Members) -> Tensor:
+        """The selected members' convolution weights, (k, O, I/groups, kh, kw)."""
+        return take(self.weight, members)
+
+
+class CohortWSConv2d(CohortConv2d):
+    """K :class:`~fedhn.models.norm_free.WSConv2d`: each member's weight standardized with its own gains (K, O)."""
+
+    def __init__(self, convs: Sequence[WSConv2d], selection: Selection) -> None:
+        super().__init__(convs, selection)
+        if any(conv.eps != convs[0].eps for conv in convs):
+            raise ValueError("cannot pack WSConv2d layers of different eps")
+        self.eps = convs[0].eps
+        self.gain = stack_parameter(convs, "gain")
+
+    def member_weights(self, members: Members) -> Tensor:
+        return standardize_weight(take(self.weight, members), take(self.gain, members), self.eps)
+
+
+class CohortResidualGain(nn.Module):
+    """K :class:`~fedhn.models.norm_free.ResidualGain`: gain (K,); member k's channels scaled by its gain."""
+
+    def __init__(self, gains: Sequence[ResidualGain], selection: Selection) -> None:
+        super().__init__()
+        self.selection = selection
+        self.gain = stack_parameter(gains, "gain")
+
+    def forward(self, x: Tensor) -> Tensor:
+        k = self.selection.count
+        gain = take(self.gain, self.selection.members).view(1, k, *[1] * (x.dim() - 1))
+        return (x.view(len(x), k, -1, *x.shape[2:]) * gain).view(x.shape)
 
 
 class CohortLinear(nn.Module):

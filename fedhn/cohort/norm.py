@@ -7,7 +7,8 @@ Single-set specs therefore run PyTorch's kernels (``bn``: ``F.batch_norm``; ``in
 ``F.group_norm``) and ``hn``/``hn_g<G>`` fedhn's fused kernel, unchanged. Mixtures (``sn``,
 ``mean=bn,std=bn+en``) need K softmaxes, one per member: they, ``en_g<G>`` and a cumulative average
 (``momentum=None``) over members with different batch counts take the general path, which mixes
-per member.
+per member. Layers with frozen statistics (FixBN, ``stats_frozen``) normalize each member with its own
+running statistics (and per-sample sets from the input) and update nothing.
 
 Parameters and buffers keep the member layer's names, stacked over members (dim 0); the batch
 counter is one int64 per member. The layer trains only: evaluate unpacked models.
@@ -52,10 +53,11 @@ class CohortNorm(nn.Module):
     def __init__(self, norms: Sequence[HeterologousNorm], selection: Selection) -> None:
         super().__init__()
         reference = norms[0]
-        settings = lambda n: (n.spec, n.num_features, n.eps, n.momentum, n.affine)  # noqa: E731
+        settings = lambda n: (n.spec, n.num_features, n.eps, n.momentum, n.affine, n.stats_frozen)  # noqa: E731
         if any(settings(n) != settings(reference) for n in norms):
-            raise ValueError("cannot pack norm layers of different specs, widths, eps, momentum or affine")
+            raise ValueError("cannot pack norm layers of different specs, widths, eps, momentum, affine or freezing")
         self.selection = selection
+        self.stats_frozen = reference.stats_frozen
         self.num_features, self.eps, self.momentum = reference.num_features, reference.eps, reference.momentum
         self.mean_sets, self.std_sets = reference.mean_sets, reference.std_sets
         for name in ("weight", "bias", "mean_logits", "var_logits"):
@@ -91,6 +93,8 @@ class CohortNorm(nn.Module):
         if self._kernel == "group_norm":
             groups = k * (self.mean_sets[0].groups or self.num_features)
             return F.group_norm(x, groups, weight, bias, self.eps)
+        if self.stats_frozen:
+            return self._forward_frozen(x, weight, bias)
         state = {name: take(getattr(self, name), members) for name in _BUFFERS if hasattr(self, name)}
         factor = self._advance(state)
         if isinstance(factor, float) and self._kernel == "batch_norm":
@@ -153,6 +157,29 @@ class CohortNorm(nn.Module):
         mean = self._mix([moments[s][0] for s in mean_sets], self.mean_logits, members, channels)
         var = self._mix([moments[s][1] for s in std_sets], self.var_logits, members, channels)
         return normalize(x3, mean, var, weight, bias, self.eps).view(x.shape)
+
+    def _forward_frozen(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+        """Frozen statistics: each member's batch sets from its running buffers, per-sample sets from the input."""
+        n, channels = x.shape[:2]
+        k = channels // self.num_features
+        x3 = x.reshape(n, channels, -1)
+        per_sample = [_scaled(s, k) for s in self.mean_sets + self.std_sets if not s.over_batch]
+        moments = set_moments(x3, per_sample) if per_sample else {}
+        members = self.selection.members
+        mean = self._mix([self._frozen(s, moments, 0, k) for s in self.mean_sets], self.mean_logits, members, channels)
+        var = self._mix([self._frozen(s, moments, 1, k) for s in self.std_sets], self.var_logits, members, channels)
+        return normalize(x3, mean, var, weight, bias, self.eps).view(x.shape)
+
+    def _frozen(self, s: PixelSet, moments: dict[PixelSet, tuple[Tensor, Tensor]], which: int, k: int) -> Tensor:
+        """Mean (which=0) or variance (1) of set ``s`` for the k members, (B or 1, k*G): per-sample sets from
+        ``moments``, batch sets from the members' running buffers."""
+        if not s.over_batch:
+            return moments[_scaled(s, k)][which]
+        name, sets = (
+            ("running_mean", self._running_mean_sets) if which == 0 else ("running_var", self._running_var_sets)
+        )
+        segment = dict(_segments(sets, self.num_features))[s]
+        return take(getattr(self, name), self.selection.members)[:, segment].reshape(1, -1)
 
     def _mix(self, stats: list[Tensor], logits: Tensor | None, members: Members, channels: int) -> Tensor:
         """Per-member softmax mixture of the sets' statistics (each (B, k*G)), as (B, k*C)."""

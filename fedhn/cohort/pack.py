@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fedhn.cohort.layers import CohortConv2d, CohortLinear
+from fedhn.cohort.layers import CohortConv2d, CohortLinear, CohortResidualGain, CohortWSConv2d
 from fedhn.cohort.members import Members, Selection
 from fedhn.cohort.norm import CohortNorm
 from fedhn.cohort.protocol import Group, Packed
 from fedhn.models.cifar_resnet import BasicBlock, CifarResNet
 from fedhn.models.mlp import MLP
+from fedhn.models.norm_free import ResidualGain, WSConv2d
 from fedhn.norms import HeterologousNorm
 
 __all__ = ["CONVERTERS", "Cohort", "pack", "pack_inputs", "unpack"]
@@ -63,6 +64,8 @@ def _container(modules: Sequence[nn.Module], selection: Selection, path: str) ->
 
 CONVERTERS: dict[type[nn.Module], Converter] = {
     nn.Conv2d: _layer(CohortConv2d),
+    WSConv2d: _layer(CohortWSConv2d),
+    ResidualGain: _layer(CohortResidualGain),
     nn.Linear: _layer(CohortLinear),
     HeterologousNorm: _layer(CohortNorm),
     nn.ReLU: _kept,

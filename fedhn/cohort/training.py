@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from fedhn.clipping import AdaptiveClipping
 from fedhn.cohort.members import as_members, runs
 from fedhn.cohort.protocol import Group, Packed
 from fedhn.cohort.sgd import StackedSGD
@@ -35,10 +36,17 @@ class Client:
 
 
 def train_packed(
-    cohort: Packed, clients: Sequence[Client], *, epochs: int, momentum: float, weight_decay: float
+    cohort: Packed,
+    clients: Sequence[Client],
+    *,
+    epochs: int,
+    momentum: float,
+    weight_decay: float,
+    clipping: AdaptiveClipping | None = None,
 ) -> list[TrainResult]:
     """Train cohort member k on ``clients[k]`` in place, as ``train(model_k, ..., generator=..., augment=...)``
-    would: the same batches in the same order, the same SGD steps, and nothing else.
+    would: the same batches in the same order, the same SGD steps (with ``clipping``: each member's gradients
+    clipped as ``train(..., agc_clip=...)`` clips them), and nothing else.
 
     Every step, the members that still have a batch train together, grouped by the batch's size; a
     member whose data is done is not updated any more. The members are reordered (and restored after)
@@ -54,7 +62,8 @@ def train_packed(
         cohort.reorder_(permutation)
     try:
         members = [clients[k] for k in order]
-        results = _lockstep(cohort, members, [-plans[k][1] for k in order], epochs, momentum, weight_decay)
+        steps = [-plans[k][1] for k in order]
+        results = _lockstep(cohort, members, steps, epochs, momentum, weight_decay, clipping)
     finally:
         if reorder:
             cohort.reorder_(torch.argsort(permutation))
@@ -88,6 +97,7 @@ def _lockstep(
     epochs: int,
     momentum: float,
     weight_decay: float,
+    clipping: AdaptiveClipping | None,
 ) -> list[TrainResult]:
     cohort.train()
     size, device = len(clients), clients[0].images.device
@@ -106,6 +116,8 @@ def _lockstep(
             for ks in by_size.values()
         ]
         grads, losses = cohort.gradients(groups)
+        if clipping is not None:
+            clipping(cohort.stacked_parameters(), grads, stacked=True)
         optimizer.step(grads, runs(active))
         for group, loss in zip(groups, losses, strict=True):
             total_loss[group.members] += loss

@@ -34,7 +34,8 @@ def main(
 @app.command()
 def norms() -> None:
     """List every norm preset with its mean set and std set."""
-    from fedhn.norms import LAYER_PRESETS, PRESETS, parse_spec
+    from fedhn.baselines import BASELINES
+    from fedhn.norms import LAYER_PRESETS, NO_NORM, PRESETS, parse_spec
 
     rows = [("preset", "mean set", "std set", "inference statistics", "description")]
     for preset in PRESETS:
@@ -43,12 +44,21 @@ def norms() -> None:
         rows.append((preset.name, preset.mean, preset.std, inference, preset.description))
     rows += [(p.name, p.mean, p.std, p.inference, p.description) for p in LAYER_PRESETS]
     rows.append(("mean=<sets>,std=<sets>", "any", "any", "running if every set is bn/en_g<G>", "general form"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    rows.append((NO_NORM, "-", "-", "none", "no normalization (nn.Identity; FedWon)"))
+    _echo_table(rows)
     typer.echo(
         "\nSets: bn, in, ln, gn (= gn_g32), en (= en_g1), gn_g<G>, en_g<G>; join with '+' for a learned mixture."
     )
+    typer.echo("\nBaselines of the FL literature (run-config keys):")
+    for baseline in BASELINES:
+        typer.echo(f"\n{baseline.name}: {baseline.run_config}")
+        typer.echo(f"  paper: {baseline.paper}\n  statistics: {baseline.statistics}")
+
+
+def _echo_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 @app.command()

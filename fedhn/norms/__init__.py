@@ -30,7 +30,17 @@ Buffer convention (relied on by the server's statistics pooling, :mod:`strategie
 """
 
 from fedhn.norms.batch_renorm import BatchRenorm, set_renorm_limits
-from fedhn.norms.factory import LAYER_CLASSES, NORM_TYPES, NormLayer, is_norm, norm_layer, replace_norms
+from fedhn.norms.factory import (
+    LAYER_CLASSES,
+    NO_NORM,
+    NORM_TYPES,
+    NormLayer,
+    is_no_norm,
+    is_norm,
+    norm_layer,
+    replace_norms,
+)
+from fedhn.norms.freeze import freeze_statistics, frozen_layers, statistics_layers
 from fedhn.norms.frn import TLU, FilterResponseNorm, activation_after
 from fedhn.norms.layers import HeterologousNorm
 from fedhn.norms.pixel_sets import PixelSet, parse_pixel_set, parse_pixel_sets
@@ -43,12 +53,16 @@ __all__ = [
     "LAYER_CLASSES",
     "LAYER_PRESETS",
     "LayerPreset",
+    "NO_NORM",
     "NORM_TYPES",
     "NormLayer",
     "NormSpec",
     "PRESETS",
     "PixelSet",
     "Preset",
+    "freeze_statistics",
+    "frozen_layers",
+    "is_no_norm",
     "is_norm",
     "norm_layer",
     "parse_pixel_set",
@@ -58,4 +72,5 @@ __all__ = [
     "activation_after",
     "replace_norms",
     "set_renorm_limits",
+    "statistics_layers",
 ]

@@ -15,11 +15,35 @@ from fedhn.norms.frn import FilterResponseNorm
 from fedhn.norms.layers import HeterologousNorm
 from fedhn.norms.spec import NormSpec, parse_spec
 
-__all__ = ["LAYER_CLASSES", "NormLayer", "norm_layer", "replace_norms", "is_norm", "NORM_TYPES"]
+__all__ = [
+    "LAYER_CLASSES",
+    "NO_NORM",
+    "NormLayer",
+    "norm_layer",
+    "replace_norms",
+    "is_no_norm",
+    "is_norm",
+    "NORM_TYPES",
+]
 
 NormLayer = str | NormSpec | Callable[..., nn.Module]
-"""A norm: a spec (``"hn"``, ``"mean=bn,std=bn+en"``, a :class:`NormSpec`), or a callable ``num_features ->
-nn.Module`` such as a class (``nn.BatchNorm2d``) or a ``functools.partial`` (``partial(nn.GroupNorm, 8)``)."""
+"""A norm: a spec (``"hn"``, ``"mean=bn,std=bn+en"``, a :class:`NormSpec`), :data:`NO_NORM`, or a callable
+``num_features -> nn.Module`` such as a class (``nn.BatchNorm2d``) or a ``functools.partial``
+(``partial(nn.GroupNorm, 8)``)."""
+
+NO_NORM = "none"
+"""The norm spec of no normalization (FedWon): every norm layer is ``nn.Identity``."""
+
+
+def is_no_norm(spec: NormLayer) -> bool:
+    """Whether ``spec`` is :data:`NO_NORM`."""
+    return isinstance(spec, str) and spec.strip().lower() == NO_NORM
+
+
+def _identity(num_features: int, **settings) -> nn.Module:
+    """No normalization for ``num_features`` channels (``settings`` such as eps do not apply)."""
+    return nn.Identity()
+
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._BatchNorm,
@@ -49,7 +73,8 @@ def _is_layer_norm_2d(module: nn.Module) -> bool:
 
 
 def norm_layer(spec: NormLayer, **kwargs) -> Callable[..., nn.Module]:
-    """A factory ``num_features -> nn.Module`` for ``spec`` (usable as torchvision's or timm's ``norm_layer``).
+    """A factory ``num_features -> nn.Module`` for ``spec`` (usable as torchvision's or timm's ``norm_layer``);
+    ``nn.Identity`` for :data:`NO_NORM`.
 
     A spec string or :class:`NormSpec` gives :class:`HeterologousNorm` layers, ``"frn"`` and ``"brn"`` their own
     classes (:data:`LAYER_CLASSES`); the spec is parsed now, so a bad spec fails here; group counts are checked
@@ -58,6 +83,8 @@ def norm_layer(spec: NormLayer, **kwargs) -> Callable[..., nn.Module]:
     """
     if callable(spec):
         return functools.partial(spec, **kwargs) if kwargs else spec
+    if is_no_norm(spec):
+        return _identity
     if isinstance(spec, str) and spec.strip().lower() in LAYER_CLASSES:
         return functools.partial(LAYER_CLASSES[spec.strip().lower()], **kwargs)
     parsed = parse_spec(spec)

@@ -34,6 +34,10 @@ class HeterologousNorm(nn.Module):
     Mixtures learn softmax weights over their sets (parameters ``mean_logits`` / ``var_logits``,
     Switchable Normalization's mechanism); the variances are mixed, then the square root is taken.
     Buffers follow the convention of :mod:`fedhn.norms`.
+
+    ``stats_frozen`` (FixBN, set by :func:`fedhn.norms.freeze_statistics`; not part of the state dict): the
+    batch sets normalize with the running statistics in training mode too and the running statistics no
+    longer change, so the layer trains exactly as it evaluates (no fused or native training kernel runs).
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class HeterologousNorm(nn.Module):
         self._kernel = self._native_kernel()
         self._fused = self.mean_sets == (PixelSet(True, None),) and all(s.over_batch for s in self.std_sets)
         self._affine_in_eval = len(self.mean_sets) == len(self.std_sets) == 1 and self.spec.uses_running_stats_only
+        self.stats_frozen = False
 
         if affine:
             self.weight = nn.Parameter(torch.empty(num_features))
@@ -135,8 +140,15 @@ class HeterologousNorm(nn.Module):
             f"affine={self.affine}"
         )
 
+    @property
+    def batch_statistics(self) -> bool:
+        """Whether this forward computes the batch sets' statistics from the input (and updates the running
+        ones): in training mode, unless the statistics are frozen."""
+        return self.training and not self.stats_frozen
+
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
+        batch = self.batch_statistics
         if self._kernel == "batch_norm":
             return F.batch_norm(
                 x,
@@ -144,15 +156,15 @@ class HeterologousNorm(nn.Module):
                 self.running_var,
                 self.weight,
                 self.bias,
-                self.training,
-                self._update_factor() if self.training else 0.0,
+                batch,
+                self._update_factor() if batch else 0.0,
                 self.eps,
             )
         if self._kernel == "group_norm":
             return F.group_norm(x, self.mean_sets[0].groups or self.num_features, self.weight, self.bias, self.eps)
-        if self.training and self._fused and accepts(x, self.weight, self.running_mean):
+        if batch and self._fused and accepts(x, self.weight, self.running_mean):
             return self._forward_fused(x)
-        if not self.training and self._affine_in_eval:
+        if not batch and self._affine_in_eval:
             return self._forward_running(x)
         return self._forward_heterologous(x)
 
@@ -184,9 +196,10 @@ class HeterologousNorm(nn.Module):
         x3 = x.reshape(n, c, -1)
         if x3.dtype in _LOW_PRECISION:
             x3 = x3.float()
-        from_input = [s for s in self.mean_sets + self.std_sets if self.training or not s.over_batch]
+        batch = self.batch_statistics
+        from_input = [s for s in self.mean_sets + self.std_sets if batch or not s.over_batch]
         moments = set_moments(x3, from_input) if from_input else {}
-        if self.training and self.has_running_stats:
+        if batch and self.has_running_stats:
             self._update_running_stats(moments, x.shape)
         mean = mix([self._stat(s, moments, 0) for s in self.mean_sets], self.mean_logits)
         var = mix([self._stat(s, moments, 1) for s in self.std_sets], self.var_logits)
@@ -251,13 +264,14 @@ class HeterologousNorm(nn.Module):
                 f"{type(self).__name__}({self.num_features}) expects input of shape (N, {self.num_features}, ...), "
                 f"got {tuple(x.shape)}"
             )
+        batch = self.batch_statistics
         for role, sets in (("mean", self.mean_sets), ("std", self.std_sets)):
-            used = [s for s in sets if self.training or not s.over_batch]
+            used = [s for s in sets if batch or not s.over_batch]
             if used and all(set_size(s, x.shape) < 2 for s in used):
                 names = "+".join(map(str, used))
                 raise ValueError(
                     f"The {role} set {names} holds a single value per group for an input of shape {tuple(x.shape)}"
-                    f"{' in training' if self.training else ''}, so the {role} is the input itself. "
+                    f"{' in training' if batch else ''}, so the {role} is the input itself. "
                     + (
                         "Train with at least 2 samples per batch, or use a set that spans more pixels."
                         if any(s.over_batch for s in used)

@@ -103,6 +103,11 @@ class NormSpec:
         layer is an affine map per channel in eval mode (it folds into the preceding layer)."""
         return all(s.over_batch for s in self.mean + self.std)
 
+    @property
+    def keeps_running_stats(self) -> bool:
+        """Some set pools over the batch: the layer keeps running statistics (and FixBN can freeze them)."""
+        return any(s.over_batch for s in self.mean + self.std)
+
     def __str__(self) -> str:
         return self.name
 

@@ -43,7 +43,8 @@ def main(grid: Grid, context: Context) -> None:
         error_summary=error_summary,
         after_aggregation=FederatedCalibration(grid, config, model),
         fraction_train=config.fraction_train,
-        fraction_evaluate=0.0,
+        fraction_evaluate=config.fraction_evaluate,
+        min_evaluate_nodes=1,
         min_train_nodes=config.min_train_nodes,
         min_available_nodes=math.ceil(config.min_train_nodes / config.clients_per_node),
     )

@@ -18,6 +18,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from fedhn.app.faults import FAULT_KINDS
 from fedhn.data import DATASETS
+from fedhn.data.feature_shift import AUTO as AUTO_SHIFT
+from fedhn.data.feature_shift import feature_shift_problem
 from fedhn.models import model_names
 from fedhn.norms import parse_spec
 from strategies import STATS_AGGREGATIONS
@@ -192,6 +194,19 @@ class RunConfig:
     )
     num_server_rounds: int = _key(10, "federated rounds", _at_least(1), resumable=True)
     fraction_train: float = _key(1.0, "fraction of the clients sampled each round", _in_range(0.0, 1.0))
+    fraction_evaluate: float = _key(
+        0.0,
+        "fraction of the clients that evaluate the global model on their local test split each round, through "
+        "Flower's evaluate messages (with their own norm layers under `stats-aggregation = local`); 0: central "
+        "evaluation only",
+        _between(0.0, 1.0),
+    )
+    local_test_fraction: float = _key(
+        0.2,
+        "share of each client's partition held out (seeded) as its local test split; applies only when "
+        "`fraction-evaluate > 0` (otherwise clients train on their whole partition)",
+        _in_range(0.0, 0.9),
+    )
     min_train_nodes: int = _key(
         2,
         "fewest clients a round samples and fewest valid client updates it needs (counts clients, not nodes: "
@@ -244,6 +259,13 @@ class RunConfig:
         0.5, "concentration of the `dirichlet` partitioner (smaller: more skewed labels)", _at_least(1e-6)
     )
     classes_per_partition: int = _key(2, "classes per client of the `pathological` partitioner", _at_least(1))
+    feature_shift: str = _key(
+        "none",
+        f"feature-shift clients: `none`; `auto` (= `{','.join(AUTO_SHIFT)}`); or comma-separated transformation "
+        "names: client c sees its images through transformation c mod len (see *Per-client evaluation and "
+        "feature shift*)",
+        feature_shift_problem,
+    )
     stats_aggregation: str = _key(
         "pooled",
         "how running statistics are aggregated: `pooled` (the exact statistics of the union of the clients' data), "
@@ -280,6 +302,12 @@ class RunConfig:
     )
     calibrate_every: int = _key(
         0, "with `calibrate-stats`: also every k rounds (0 = after the last round only)", _at_least(0)
+    )
+
+    tensorboard: bool = _key(
+        False,
+        "also write TensorBoard event files into `out-dir` (needs the `tensorboard` extra)",
+        resumable=True,
     )
 
     @classmethod

@@ -86,3 +86,10 @@ def test_clients_train_with_the_lr_the_server_sends(defaults, tiny_npz):
     torch.testing.assert_close(frozen[weight], state[weight], rtol=0, atol=0)
     moved, _ = train_client(config, state, 0, 4, server_round=1, lr=0.5)
     assert not torch.equal(moved[weight], state[weight])
+
+
+def test_tensorboard_without_the_package_is_refused_before_the_run(defaults, monkeypatch):
+    monkeypatch.setattr("fedhn.app.preflight.tensorboard_available", lambda: False)
+    assert run_problems(_config(defaults, tensorboard=True)) == [
+        "tensorboard = true needs the tensorboard package: pip install -e '.[tensorboard]' (or set tensorboard = false)"
+    ]

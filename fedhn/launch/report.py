@@ -87,7 +87,7 @@ def plot_accuracy(runs: Sequence[RunResults], path: Path, title: str = "") -> Pa
     plt = pyplot()
     with_clients = any(run.client_rounds for run in runs)
     figure, panels = plt.subplots(
-        1, 2 if with_clients else 1, figsize=(11 if with_clients else 6.4, 4.2), squeeze=False
+        1, 2 if with_clients else 1, figsize=(11 if with_clients else 6.4, 4.2), squeeze=False, sharey=True
     )
     central = panels[0][0]
     for run in runs:
@@ -96,9 +96,10 @@ def plot_accuracy(runs: Sequence[RunResults], path: Path, title: str = "") -> Pa
         )
         if with_clients and run.client_rounds:
             _plot_clients(panels[0][1], run, line[0].get_color())
-    central.set(xlabel="round", ylabel="test accuracy", title=f"{title}: central" if with_clients else title)
+    central.set(xlabel="round", ylabel="test accuracy", title="central test set" if with_clients else title)
     if with_clients:
-        panels[0][1].set(xlabel="round", ylabel="client test accuracy", title="per client (local test splits)")
+        panels[0][1].set(xlabel="round", title="clients (local test splits): weighted, worst 10% dotted")
+        figure.suptitle(title)
     for axes in panels[0]:
         axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         axes.grid(alpha=0.3)

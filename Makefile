@@ -1,5 +1,5 @@
 # `make test` is the project's test command (README, .ci/run): it creates or updates the virtual
-# environment, installs fedhn with its dev extra, and runs pytest.
+# environment, installs fedhn with its dev and tensorboard extras, and runs pytest.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -17,7 +17,7 @@ install: $(STAMP) compose-plugin
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install -e ".[dev,tensorboard]"
 	touch $@
 
 $(COMPOSE_BINARY): | $(STAMP)

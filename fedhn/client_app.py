@@ -1,5 +1,6 @@
-"""Flower ClientApp: turns messages into calls of :mod:`fedhn.app.node` (a node's training round)
-and :mod:`fedhn.app.federated_calibration` (statistics), and their results back into messages."""
+"""Flower ClientApp: turns messages into calls of :mod:`fedhn.app.node` (a node's training round),
+:mod:`fedhn.app.client_evaluation` (its clients' evaluation) and :mod:`fedhn.app.federated_calibration`
+(statistics), and their results back into messages."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Mapping
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedhn.app.client_evaluation import evaluate_node
 from fedhn.app.client_store import ClientStore
 from fedhn.app.config import RunConfig
 from fedhn.app.federated_calibration import node_sums
@@ -75,3 +77,16 @@ def train(msg: Message, context: Context) -> Message:
     if node_round.hang:
         time.sleep(config.round_timeout + 1)  # the reply arrives after the server stopped waiting
     return Message(content=reply_content(config, state, node_round), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the global model on the local test split of each sampled client the message names."""
+    content = evaluate_node(
+        run_config(context.run_config),
+        msg.content["arrays"].to_torch_state_dict(),
+        [int(client) for client in msg.content["config"][CLIENTS]],
+        _layout(context).clients,
+        ClientStore(context.state),
+    )
+    return Message(content=content, reply_to=msg)

@@ -33,7 +33,8 @@ def main(grid: Grid, context: Context) -> None:
     torch.manual_seed(config.seed)
     model = new_model(config)
     first_round = restore(config, model)
-    nodes = PartitionDirectory(config.clients_per_node, timeout=config.round_timeout)  # round 1 starts the workers
+    # Nodes answer the partition query once their ClientApp has started: on a loaded machine that takes over a minute.
+    nodes = PartitionDirectory(config.clients_per_node, timeout=config.round_timeout)
     strategy = StatsFedAvg(
         stats_aggregation=config.stats_aggregation,
         round_config=lambda server_round: {"lr": round_lr(config, server_round)},
@@ -43,7 +44,8 @@ def main(grid: Grid, context: Context) -> None:
         error_summary=error_summary,
         after_aggregation=FederatedCalibration(grid, config, model),
         fraction_train=config.fraction_train,
-        fraction_evaluate=0.0,
+        fraction_evaluate=config.fraction_evaluate,
+        min_evaluate_nodes=1,
         min_train_nodes=config.min_train_nodes,
         min_available_nodes=math.ceil(config.min_train_nodes / config.clients_per_node),
     )

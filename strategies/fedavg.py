@@ -18,6 +18,7 @@ from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
 from strategies.aggregation import STATS_AGGREGATIONS, Partial, StatsAggregation, combine_partials, partial_aggregate
+from strategies.client_metrics import evaluation_summary, statistic_spread
 from strategies.replies import CLIENTS, WEIGHT, check_update, parse_reply
 
 __all__ = ["StatsFedAvg", "RoundReport", "RoundFailedError"]
@@ -33,6 +34,9 @@ class RoundReport:
     train_loss: float | None = None
     aggregated: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # what ``after_aggregation`` reported
+    client_train: dict[int, dict[str, float]] = field(default_factory=dict)  # each valid update's train metrics
+    stat_spread: dict[str, float] = field(default_factory=dict)  # running statistics' spread across clients
+    evaluation: dict[str, Any] | None = None  # the federated evaluation of the round's global model
 
 
 class RoundFailedError(RuntimeError):
@@ -77,6 +81,12 @@ class StatsFedAvg(FedAvg):
     logged reason; the node's other clients stay. If fewer than ``min_train_nodes`` client updates
     remain, :class:`RoundFailedError` ends the run with the reasons. ``last_round`` describes the
     latest round; :meth:`start` hands each round's report to its ``evaluate_fn``.
+
+    With ``fraction_evaluate > 0`` each round then samples that fraction of the clients (at least
+    ``min_evaluate_nodes``, counting clients; seeded by (seed, round) like training) and sends every
+    node one evaluate message naming its sampled clients; each client replies with its ``accuracy``,
+    ``loss`` and ``num-examples`` on its local test split, summarized in the round report's
+    ``evaluation`` (:func:`strategies.client_metrics.evaluation_summary`, with the failed clients).
     """
 
     def __init__(
@@ -104,7 +114,8 @@ class StatsFedAvg(FedAvg):
         self.after_aggregation = after_aggregation
         self.last_round = RoundReport(0)
         self._reference: dict[str, np.ndarray] = {}
-        self._sent: dict[int, list[int]] = {}  # node -> the clients of this round's message to it
+        self._sent: dict[int, list[int]] = {}  # node -> the clients of this round's train message to it
+        self._evaluated: dict[int, list[int]] = {}  # node -> the clients of this round's evaluate message to it
 
     def start(
         self,
@@ -136,22 +147,41 @@ class StatsFedAvg(FedAvg):
         if self.round_config is not None:
             config = ConfigRecord({**config, **self.round_config(server_round)})
         config["server-round"] = server_round
-        self._sent = self._sample(grid, random.Random(f"sampling-{self.sampling_seed}-{server_round}"))
+        rng = random.Random(f"sampling-{self.sampling_seed}-{server_round}")
+        self._sent = self._sample(grid, rng, self.fraction_train, self.min_train_nodes)
         log(
             INFO, "configure_train: sampled %d clients on %d nodes", sum(map(len, self._sent.values())), len(self._sent)
         )
+        return self._messages(arrays, config, self._sent, MessageType.TRAIN)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        server_round += self.round_offset
+        config = ConfigRecord({**config, "server-round": server_round})
+        rng = random.Random(f"evaluate-{self.sampling_seed}-{server_round}")
+        self._evaluated = self._sample(grid, rng, self.fraction_evaluate, self.min_evaluate_nodes)
+        if self._evaluated:
+            clients = sum(map(len, self._evaluated.values()))
+            log(INFO, "configure_evaluate: sampled %d clients on %d nodes", clients, len(self._evaluated))
+        return self._messages(arrays, config, self._evaluated, MessageType.EVALUATE)
+
+    def _messages(
+        self, arrays: ArrayRecord, config: ConfigRecord, sent: dict[int, list[int]], message_type: str
+    ) -> list[Message]:
+        """One message per node, its config naming the node's sampled clients."""
         messages = []
-        for node, clients in self._sent.items():
+        for node, clients in sent.items():
             record = RecordDict(
                 {self.arrayrecord_key: arrays, self.configrecord_key: ConfigRecord({**config, CLIENTS: clients})}
             )
-            messages += self._construct_messages(record, [node], MessageType.TRAIN)
+            messages += self._construct_messages(record, [node], message_type)
         return messages
 
-    def _sample(self, grid: Grid, rng: random.Random) -> dict[int, list[int]]:
-        """``fraction_train`` of the clients (at least ``min_train_nodes``), once at least
-        ``min_available_nodes`` nodes are connected: node -> its sampled clients, in id order."""
-        if self.fraction_train == 0.0:
+    def _sample(self, grid: Grid, rng: random.Random, fraction: float, minimum: int) -> dict[int, list[int]]:
+        """``fraction`` of the clients (at least ``minimum``), once at least ``min_available_nodes``
+        nodes are connected: node -> its sampled clients, in id order."""
+        if fraction == 0.0:
             return {}
         while len(list(grid.get_node_ids())) < self.min_available_nodes:
             connected = len(list(grid.get_node_ids()))
@@ -159,7 +189,7 @@ class StatsFedAvg(FedAvg):
             time.sleep(1)
         node_of = {client: node for node, clients in self.clients_of(grid).items() for client in clients}
         clients = sorted(node_of)
-        size = max(int(len(clients) * self.fraction_train), self.min_train_nodes)
+        size = max(int(len(clients) * fraction), minimum)
         sampled = clients if size >= len(clients) else sorted(rng.sample(clients, size))
         sent: dict[int, list[int]] = {}
         for client in sampled:
@@ -175,6 +205,7 @@ class StatsFedAvg(FedAvg):
         for client, reason in report.dropped.items():
             log(WARNING, "Round %d: dropped %s: %s", server_round, client, reason)
         report.accepted = len(updates)
+        report.client_train = {client: dict(metrics) for client, (_, metrics) in updates.items()}
         self.last_round = report
         if report.accepted < max(self.min_train_nodes, 1):
             raise RoundFailedError(report, max(self.min_train_nodes, 1))
@@ -183,6 +214,7 @@ class StatsFedAvg(FedAvg):
         weights = [float(m[WEIGHT]) for _, (state, m) in sorted(updates.items()) if state is not None]
         if states:
             partials.insert(0, partial_aggregate(states, weights, self.stats_aggregation))
+        report.stat_spread = statistic_spread(states)
         combined = combine_partials(partials, self.stats_aggregation)
         total = sum(float(metrics[WEIGHT]) for _, metrics in updates.values())
         report.train_loss = sum(float(m[WEIGHT]) * float(m.get("train-loss", math.nan)) for _, m in updates.values())
@@ -206,6 +238,51 @@ class StatsFedAvg(FedAvg):
             arrays, report.extra = self.after_aggregation(server_round, arrays)
         return arrays, metrics
 
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Summarize the clients' evaluations into ``last_round.evaluation``; clients without a valid
+        result are dropped with their reasons (the summary's ``failures``)."""
+        if not self._evaluated:
+            return None
+        dropped: dict[str, str] = {}
+        accuracies, losses, examples = {}, {}, {}
+        for node, clients, content in self._node_replies(replies, self._evaluated, dropped):
+            reply = parse_reply(content, clients, updates=False)
+            dropped |= {_label(client, node): reason for client, reason in reply.errors.items()}
+            for client, metrics in reply.metrics.items():
+                values = (metrics.get("accuracy"), metrics.get("loss"))
+                if all(isinstance(v, float | int) and math.isfinite(v) for v in values):
+                    accuracies[client], losses[client] = float(values[0]), float(values[1])
+                    examples[client] = int(metrics[WEIGHT])
+                else:
+                    dropped[_label(client, node)] = f"invalid accuracy or loss: {values}"
+        summary = evaluation_summary(accuracies, losses, examples) if accuracies else {"clients": 0}
+        self.last_round.evaluation = summary | {"failed": len(dropped), "failures": dropped}
+        for client, reason in dropped.items():
+            log(WARNING, "Round %d evaluation: dropped %s: %s", server_round + self.round_offset, client, reason)
+        if not accuracies:
+            return None
+        return MetricRecord(
+            {key: summary[key] for key in ("accuracy", "loss", "mean_accuracy", "worst_10pct_accuracy")}
+        )
+
+    def _node_replies(
+        self, replies: Iterable[Message], sent: dict[int, list[int]], dropped: dict[str, str]
+    ) -> Iterable[tuple[int, list[int], RecordDict]]:
+        """(node, the clients it was sent, reply content) of every node that replied without an
+        error; the clients of a node that failed or did not reply go into ``dropped`` with the reason."""
+        replied = set()
+        for message in replies:
+            node = message.metadata.src_node_id
+            replied.add(node)
+            if message.has_error():
+                reason = f"error: {self.error_summary(message.error.reason)}"
+                dropped |= {_label(client, node): reason for client in sent.get(node, [])}
+            else:
+                yield node, sent.get(node, []), message.content
+        for node, clients in sent.items():
+            if node not in replied:
+                dropped |= {_label(client, node): "no reply within the round timeout" for client in clients}
+
     def _collect(
         self, replies: Iterable[Message], report: RoundReport
     ) -> tuple[dict[int, tuple[dict[str, np.ndarray] | None, MetricRecord]], list[Partial]]:
@@ -213,16 +290,8 @@ class StatsFedAvg(FedAvg):
         nodes' partials, in node order of their first client; the dropped clients go into ``report``."""
         updates: dict[int, tuple[dict[str, np.ndarray] | None, MetricRecord]] = {}
         partials: list[tuple[int, Partial]] = []
-        replied = set()
-        for message in replies:
-            node = message.metadata.src_node_id
-            clients = self._sent.get(node, [])
-            replied.add(node)
-            if message.has_error():
-                reason = f"error: {self.error_summary(message.error.reason)}"
-                report.dropped |= {_label(client, node): reason for client in clients}
-                continue
-            reply = parse_reply(message.content, clients)
+        for node, clients, content in self._node_replies(replies, self._sent, report.dropped):
+            reply = parse_reply(content, clients)
             for client, reason in reply.errors.items():
                 report.dropped[_label(client, node)] = reason
             for client, metrics in reply.metrics.items():
@@ -234,9 +303,6 @@ class StatsFedAvg(FedAvg):
                     updates[client] = (state, metrics)
             if reply.partial is not None:
                 partials.append((min(clients), reply.partial))
-        for node, clients in self._sent.items():
-            if node not in replied:
-                report.dropped |= {_label(client, node): "no reply within the round timeout" for client in clients}
         return updates, [partial for _, partial in sorted(partials, key=lambda item: item[0])]
 
 

@@ -1,6 +1,6 @@
 """The train replies of nodes that host several clients, on Flower's records.
 
-A train message to a node carries the global ``arrays`` and a ``config`` whose ``clients`` entry
+A train (or evaluate) message to a node carries the global ``arrays`` and a ``config`` whose ``clients`` entry
 lists the sampled clients the node hosts. Its reply holds, for every one of those clients ``c``:
 
 - ``metrics.<c>``: a MetricRecord with at least ``num-examples`` (and ``train-loss``, ...);
@@ -11,6 +11,9 @@ lists the sampled clients the node hosts. Its reply holds, for every one of thos
 A node that aggregates sends one ``partial`` ArrayRecord instead of the ``arrays.<c>``: the
 :class:`~strategies.aggregation.Partial` of its valid clients (``sum:<key>``, ``center:<key>``,
 ``square:<key>``), with the MetricRecord ``partial`` (``weight``, ``clients``).
+
+An evaluate reply has the same ``metrics.<c>`` (``num-examples``: the client's test examples,
+``accuracy``, ``loss``) and ``errors``, and no arrays.
 """
 
 from __future__ import annotations
@@ -80,9 +83,10 @@ def node_reply(
     return RecordDict(records)
 
 
-def parse_reply(content: RecordDict, clients: list[int]) -> NodeReply:
+def parse_reply(content: RecordDict, clients: list[int], updates: bool = True) -> NodeReply:
     """The reply of a node that was sent ``clients``; a client the reply says nothing about, or
-    whose update is incomplete, is an error."""
+    whose update is incomplete, is an error. ``updates=False``: an evaluate reply, which carries
+    each client's ``metrics.<c>`` only (``num-examples`` counts its test examples)."""
     reply = NodeReply()
     errors = content.config_records.get("errors", ConfigRecord())
     if _PARTIAL in content.array_records:
@@ -92,7 +96,7 @@ def parse_reply(content: RecordDict, clients: list[int]) -> NodeReply:
         arrays = content.array_records.get(f"arrays.{client}")
         if str(client) in errors:
             reply.errors[client] = str(errors[str(client)])
-        elif metrics is None or (arrays is None and reply.partial is None):
+        elif metrics is None or (updates and arrays is None and reply.partial is None):
             reply.errors[client] = "the node's reply has no update for it"
         elif not _valid_weight(metrics.get(WEIGHT)):
             reply.errors[client] = f"missing or invalid {WEIGHT!r}: {metrics.get(WEIGHT)!r}"

@@ -144,3 +144,10 @@ def test_packed_frn_and_brn_clients_train_as_they_would_alone(defaults, tiny_npz
         assert packed[client][1].steps == result.steps
         for key, value in alone.items():
             torch.testing.assert_close(packed[client][0][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_tensorboard_without_the_package_is_refused_before_the_run(defaults, monkeypatch):
+    monkeypatch.setattr("fedhn.app.preflight.tensorboard_available", lambda: False)
+    assert run_problems(_config(defaults, tensorboard=True)) == [
+        "tensorboard = true needs the tensorboard package: pip install -e '.[tensorboard]' (or set tensorboard = false)"
+    ]

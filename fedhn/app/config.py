@@ -18,6 +18,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from fedhn.app.faults import FAULT_KINDS
 from fedhn.data import DATASETS
+from fedhn.data.feature_shift import AUTO as AUTO_SHIFT
+from fedhn.data.feature_shift import feature_shift_problem
 from fedhn.models import CONVS, MODELS, model_names
 from fedhn.norms import is_no_norm, norm_layer, parse_spec
 from strategies import STATS_AGGREGATIONS
@@ -200,6 +202,19 @@ class RunConfig:
     )
     num_server_rounds: int = _key(10, "federated rounds", _at_least(1), resumable=True)
     fraction_train: float = _key(1.0, "fraction of the clients sampled each round", _in_range(0.0, 1.0))
+    fraction_evaluate: float = _key(
+        0.0,
+        "fraction of the clients that evaluate the global model on their local test split each round, through "
+        "Flower's evaluate messages (with their own norm layers under `stats-aggregation = local`); 0: central "
+        "evaluation only",
+        _between(0.0, 1.0),
+    )
+    local_test_fraction: float = _key(
+        0.2,
+        "share of each client's partition held out (seeded) as its local test split; applies only when "
+        "`fraction-evaluate > 0` (otherwise clients train on their whole partition)",
+        _in_range(0.0, 0.9),
+    )
     min_train_nodes: int = _key(
         2,
         "fewest clients a round samples and fewest valid client updates it needs (counts clients, not nodes: "
@@ -258,6 +273,13 @@ class RunConfig:
         0.5, "concentration of the `dirichlet` partitioner (smaller: more skewed labels)", _at_least(1e-6)
     )
     classes_per_partition: int = _key(2, "classes per client of the `pathological` partitioner", _at_least(1))
+    feature_shift: str = _key(
+        "none",
+        f"feature-shift clients: `none`; `auto` (= `{','.join(AUTO_SHIFT)}`); or comma-separated transformation "
+        "names: client c sees its images through transformation c mod len (see *Per-client evaluation and "
+        "feature shift*)",
+        feature_shift_problem,
+    )
     stats_aggregation: str = _key(
         "pooled",
         "how running statistics are aggregated: `pooled` (the exact statistics of the union of the clients' data), "
@@ -314,6 +336,12 @@ class RunConfig:
         "FixBN: after round T the clients normalize with the global running statistics in training too, and the "
         "statistics stay fixed (with `calibrate-stats`: calibrated once, after round T); 0 = never",
         _at_least(0),
+    )
+
+    tensorboard: bool = _key(
+        False,
+        "also write TensorBoard event files into `out-dir` (needs the `tensorboard` extra)",
+        resumable=True,
     )
 
     @classmethod

@@ -9,6 +9,7 @@ import torch
 from fedhn.app.checkpoint import check_restore
 from fedhn.app.config import RunConfig
 from fedhn.app.task import dataset, device, new_model, partitions
+from fedhn.app.tensorboard_log import TENSORBOARD_MISSING, tensorboard_available
 
 __all__ = ["run_problems"]
 
@@ -16,8 +17,11 @@ __all__ = ["run_problems"]
 def run_problems(config: RunConfig, num_partitions: int = 0) -> list[str]:
     """What would make a run fail, found before it starts: the dataset does not load, the norm does
     not fit the model or the data, out-dir, checkpoint or init-model do not fit the run, the clients
-    would get no data or batch sizes larger than every partition. ``num_partitions=0`` skips the
+    would get no data, batch sizes larger than every partition or no local test split, tensorboard is
+    asked for but not installed. ``num_partitions=0`` skips the
     partition checks."""
+    if config.tensorboard and not tensorboard_available():
+        return [TENSORBOARD_MISSING]
     try:
         data = dataset(config)
     except (FileNotFoundError, ValueError) as error:
@@ -39,9 +43,15 @@ def run_problems(config: RunConfig, num_partitions: int = 0) -> list[str]:
     if num_partitions > examples:
         return [f"{num_partitions} clients but {config.dataset} has {examples} training examples; use fewer clients"]
     try:
-        largest = max(len(indices) for indices in partitions(config, num_partitions))
+        sizes = [len(indices) for indices in partitions(config, num_partitions)]
     except ValueError as error:
         return [f"partitioner = {config.partitioner!r}: {error}"]
+    largest = max(sizes)
+    if config.fraction_evaluate > 0 and min(sizes) < 2:
+        return [
+            f"fraction-evaluate = {config.fraction_evaluate}: a client of {num_partitions} holds {min(sizes)} example, "
+            "too few to split off a local test set; use fewer clients or fraction-evaluate = 0"
+        ]
     if min(config.batch_sizes) > largest:
         return [
             f"batch-sizes = {','.join(map(str, config.batch_sizes))}: all larger than every client's partition "

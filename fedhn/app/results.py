@@ -94,6 +94,11 @@ class RunResults:
         return [r["test_accuracy"] for r in self.rounds]
 
     @property
+    def client_rounds(self) -> list[dict[str, Any]]:
+        """The rounds with a federated evaluation (``client_evaluation`` of at least one client)."""
+        return [r for r in self.rounds if r.get("client_evaluation", {}).get("clients")]
+
+    @property
     def final_accuracy(self) -> float | None:
         return self.accuracies[-1] if self.rounds else None
 

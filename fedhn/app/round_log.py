@@ -1,6 +1,7 @@
-"""The ServerApp's record of a run: after every round, the global model's central test accuracy,
-the round's line in ``metrics.jsonl`` (from the strategy's report of the round) and a checkpoint;
-``model.pt`` at the end."""
+"""The ServerApp's record of a run: after every round, the global model's central test accuracy
+(also once per feature-shift transformation), the round's line in ``metrics.jsonl`` (from the
+strategy's report of the round, with its federated evaluation), TensorBoard scalars (with
+``tensorboard``) and a checkpoint; ``model.pt`` at the end."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from torch import nn
 from fedhn.app.checkpoint import save_checkpoint
 from fedhn.app.config import RunConfig
 from fedhn.app.results import RunRecorder, read_results
-from fedhn.app.task import test_data
+from fedhn.app.task import feature_shift, test_data
+from fedhn.app.tensorboard_log import TensorBoardLog
 from fedhn.training import evaluate
 from strategies import RoundReport
 
@@ -32,29 +34,48 @@ class RoundLog:
         previous = read_results(self.recorder.out_dir).rounds
         self.elapsed_before = previous[-1]["wall_time"] if previous else 0.0  # of a resumed run
         self.started = time.monotonic()
+        self.tensorboard = TensorBoardLog(self.recorder.out_dir) if config.tensorboard else None
 
     def __call__(self, server_round: int, arrays: ArrayRecord, report: RoundReport | None) -> MetricRecord:
         self.model.load_state_dict(arrays.to_torch_state_dict())
         images, labels = test_data(self.config)
         loss, accuracy = evaluate(self.model, images, labels, self.config.eval_batch_size)
         if report is not None:
-            self.recorder.log_round(
-                {
-                    "round": server_round,
-                    "test_accuracy": accuracy,
-                    "test_loss": loss,
-                    "train_loss": report.train_loss,
-                    "clients": report.accepted,
-                    "failed": len(report.dropped),
-                    "failures": report.dropped,
-                    "wall_time": round(self.elapsed_before + time.monotonic() - self.started, 3),
-                }
-                | report.extra
-            )
+            record = {
+                "round": server_round,
+                "test_accuracy": accuracy,
+                "test_loss": loss,
+                "train_loss": report.train_loss,
+                "clients": report.accepted,
+                "failed": len(report.dropped),
+                "failures": report.dropped,
+                "wall_time": round(self.elapsed_before + time.monotonic() - self.started, 3),
+            }
+            record |= self._shifted() | report.extra
+            if report.evaluation is not None:
+                record["client_evaluation"] = report.evaluation
+            self.recorder.log_round(record)
+            if self.tensorboard is not None:
+                self.tensorboard.log_round(record, report)
             save_checkpoint(self.recorder.out_dir, server_round, self.model.state_dict(), self.config.to_dict())
         return MetricRecord({"test-accuracy": accuracy, "test-loss": loss})
+
+    def _shifted(self) -> dict[str, dict[str, float]]:
+        """The central test accuracy and loss of the model under each feature-shift transformation."""
+        names = feature_shift(self.config).names
+        if not names:
+            return {}
+        results = {
+            name: evaluate(self.model, *test_data(self.config, name), self.config.eval_batch_size) for name in names
+        }
+        return {
+            "shift_accuracy": {name: accuracy for name, (_, accuracy) in results.items()},
+            "shift_loss": {name: loss for name, (loss, _) in results.items()},
+        }
 
     def close(self) -> str:
         """Save the last global model as ``model.pt``; return the run's summary line."""
         self.recorder.save_model(self.model.state_dict())
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         return read_results(self.recorder.out_dir).summary()

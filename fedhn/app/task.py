@@ -18,6 +18,7 @@ from fedhn.app.schedule import renorm_limits
 from fedhn.clipping import AdaptiveClipping
 from fedhn.cohort import Client, FunctionalCohort, pack, train_packed, unpack
 from fedhn.data import DATASETS, ImageData, assign_batch_sizes, crop_flip, load_dataset, partition_indices
+from fedhn.data.feature_shift import FeatureShift, parse_feature_shift
 from fedhn.models import build_model
 from fedhn.norms import freeze_statistics, is_norm, set_renorm_limits
 from fedhn.seeding import torch_generator
@@ -31,6 +32,8 @@ __all__ = [
     "round_model",
     "dataset",
     "device",
+    "feature_shift",
+    "local_test_size",
     "new_model",
     "norm_keys",
     "partitions",
@@ -64,12 +67,15 @@ class ClientLayout:
 
 @dataclass(frozen=True)
 class ClientData:
-    """A client's normalized training images and labels (on the compute device) and its batch size."""
+    """A client's normalized training images and labels (on the compute device), its batch size,
+    and its local test split (empty unless ``fraction-evaluate > 0``)."""
 
     images: Tensor
     labels: Tensor
     batch_size: int
     augment: Callable[[Tensor, torch.Generator], Tensor] | None
+    test_images: Tensor
+    test_labels: Tensor
 
 
 def dataset(config: RunConfig) -> ImageData:
@@ -89,19 +95,44 @@ def _augmentation(config: RunConfig, data: ImageData) -> Callable[[Tensor, torch
     return lambda images, generator: crop_flip(images, black, generator)
 
 
+def feature_shift(config: RunConfig) -> FeatureShift:
+    """The run's feature shift (``feature-shift``): which transformation each client group sees."""
+    return FeatureShift(parse_feature_shift(config.feature_shift), config.seed)
+
+
+def local_test_size(config: RunConfig, examples: int) -> int:
+    """How many of a partition's ``examples`` its local test split holds: ``local-test-fraction`` of
+    them, rounded, at least 1 and leaving at least 1 to train on, when ``fraction-evaluate > 0``; else 0."""
+    if config.fraction_evaluate == 0.0 or examples < 2:
+        return 0
+    return min(max(round(config.local_test_fraction * examples), 1), examples - 1)
+
+
 @functools.cache
 def client_data(config: RunConfig, partition_id: int, num_partitions: int) -> ClientData:
-    """The partition of client ``partition_id`` out of ``num_partitions``, cached per process (a Ray
-    actor serves several clients; at most the whole training set is held, as float32)."""
+    """The partition of client ``partition_id`` out of ``num_partitions`` (through its feature-shift
+    transformation, split into training and local test examples), cached per process (a Ray actor
+    serves several clients; at most the whole training set is held, as float32)."""
     data = dataset(config)
     index = torch.from_numpy(partitions(config, num_partitions)[partition_id])
-    target = device()
+    held_out = local_test_size(config, len(index))
+    order = torch.randperm(len(index), generator=torch_generator("local-test", config.seed, partition_id))
+    test_index, train_index = (index[order[:held_out]], index[order[held_out:]]) if held_out else (index[:0], index)
+    shift = feature_shift(config)
+    name = shift.group_of(partition_id)
+
+    def images(subset: Tensor, part: str) -> Tensor:
+        raw = data.x_train[subset]
+        return data.normalized(shift.apply(name, raw, f"{partition_id}-{part}") if name else raw).to(device())
+
     batch_sizes = assign_batch_sizes(num_partitions, config.batch_sizes, config.batch_size_assignment, config.seed)
     return ClientData(
-        images=data.normalized(data.x_train[index]).to(target),
-        labels=data.y_train[index].to(target),
+        images=images(train_index, "train"),
+        labels=data.y_train[train_index].to(device()),
         batch_size=batch_sizes[partition_id],
         augment=_augmentation(config, data),
+        test_images=images(test_index, "test"),
+        test_labels=data.y_train[test_index].to(device()),
     )
 
 
@@ -118,11 +149,13 @@ def partitions(config: RunConfig, num_partitions: int) -> list[np.ndarray]:
     )
 
 
-@functools.lru_cache(maxsize=2)
-def test_data(config: RunConfig) -> tuple[Tensor, Tensor]:
-    """The normalized test set on the compute device, cached per process."""
+@functools.lru_cache(maxsize=16)
+def test_data(config: RunConfig, shift: str | None = None) -> tuple[Tensor, Tensor]:
+    """The normalized test set on the compute device (through feature-shift transformation ``shift``
+    when given), cached per process."""
     data = dataset(config)
-    return data.normalized(data.x_test).to(device()), data.y_test.to(device())
+    images = feature_shift(config).apply(shift, data.x_test, "test") if shift else data.x_test
+    return data.normalized(images).to(device()), data.y_test.to(device())
 
 
 def new_model(config: RunConfig) -> nn.Module:

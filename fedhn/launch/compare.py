@@ -218,6 +218,11 @@ class _Progress:
             self.echo(
                 f"  [{self.norm}] round {record['round']}/{self.rounds}: test accuracy {record['test_accuracy']:.4f}"
                 + (f", train loss {loss:.3f}" if loss is not None else "")
+                + (
+                    f", client accuracy {record['client_evaluation']['accuracy']:.4f}"
+                    if record.get("client_evaluation", {}).get("clients")
+                    else ""
+                )
                 + (f", {record['failed']} clients failed" if record.get("failed") else "")
                 + f" ({record['wall_time']:.1f} s)"
             )

@@ -1,6 +1,7 @@
 """``deterministic = true``: the settings take effect in a fresh worker process when the ClientApp parses its
 run config (before any training), and on CUDA two runs in separate processes give the same bits."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -43,6 +44,7 @@ def _worker(deterministic: bool) -> dict:
     return json.loads(output.splitlines()[-1])
 
 
+@pytest.mark.skipif(importlib.util.find_spec("flwr") is None, reason="the ClientApp needs flwr")
 def test_a_fresh_worker_applies_the_settings_when_it_parses_the_run_config_and_trains():
     on, off = _worker(True), _worker(False)
     assert on["algorithms"] and on["cudnn_deterministic"] and not on["cudnn_benchmark"]
@@ -63,7 +65,7 @@ def test_a_users_own_cublas_workspace_setting_is_kept(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_two_deterministic_cuda_runs_match_bitwise():
-    """resnet8 with hn, trained one by one and packed, with augmentation: see benchmarks/deterministic.py."""
+    """resnet8 with hn, trained one by one and packed: see benchmarks/deterministic.py."""
     command = [sys.executable, "-m", "benchmarks.deterministic", "--device", "cuda", "--digest", "on"]
     digests = [
         json.loads(subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True, timeout=300).stdout)[

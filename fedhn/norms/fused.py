@@ -122,9 +122,9 @@ def _groups(std_sets: tuple[PixelSet, ...], channels: int) -> list[int]:
 
 
 def _direct(tensor: Tensor) -> bool:
-    """Whether the layers may call an operator's CPU kernel directly, without the dispatcher's per-call cost
-    (a third of BatchNorm's whole step at (2, 256, 8, 8)): for plain tensors, outside torch.compile, torch.func
-    transforms and dispatch modes, where the dispatcher would pick that kernel anyway."""
+    """Whether the layers may call the operators' kernels (:data:`KERNELS`) directly, without the dispatcher's
+    per-call cost (a third of BatchNorm's whole step at (2, 256, 8, 8)): for plain tensors, outside torch.compile,
+    torch.func transforms and dispatch modes, where the dispatcher would pick the same kernels anyway."""
     return (
         type(tensor) is Tensor
         and not torch.compiler.is_compiling()
@@ -292,6 +292,11 @@ def _triton_kernels():
     return fused_triton
 
 
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def _triton_forward(*arguments) -> None:
     _triton_kernels().forward(*arguments)
 
@@ -308,7 +313,7 @@ KERNELS: dict[str, DeviceKernels] = {
         _triton_forward,
         _triton_backward,
         (torch.float32, torch.bfloat16, torch.float16),
-        lambda _dtype: importlib.util.find_spec("triton") is not None,
+        lambda _dtype: _triton_installed(),
     ),
 }
 """The kernels of each device type the operators run on (the tests swap the CPU entry for the Triton kernels

@@ -18,6 +18,7 @@ tests check them on machines without a GPU.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -290,6 +291,11 @@ def _launch_sizes(x: Tensor) -> tuple[int, int, int, int, int, int]:
     return n, c, s, n * s, piece, pieces
 
 
+def _on_device(x: Tensor) -> contextlib.AbstractContextManager:
+    """Launch on x's GPU (triton launches on the current device); CPU tensors (the interpreter) need nothing."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
 def _block(length: int) -> int:
     return min(1024, max(16, triton.next_power_of_2(length)))
 
@@ -305,6 +311,11 @@ def forward(
     stats: Tensor,
 ) -> None:
     """Write y and the float32 statistics vector ``stats`` (laid out as :func:`fedhn.norms.fused.stat_sizes`)."""
+    with _on_device(x):
+        _launch_forward(x, y, groups, set_weight, weight, bias, eps, stats)
+
+
+def _launch_forward(x, y, groups, set_weight, weight, bias, eps, stats) -> None:
     _, c, s, r, piece, pieces = _launch_sizes(x)
     mean, m2 = torch.empty(2, c * pieces, dtype=torch.float32, device=x.device)
     work = torch.empty(3 * c, dtype=torch.float32, device=x.device)
@@ -333,6 +344,11 @@ def backward(
     grad_set_weight: Tensor,
 ) -> None:
     """Write dx (x's dtype) and the float32 grad_weight, grad_bias and float64 grad_set_weight."""
+    with _on_device(x):
+        _launch_backward(dy, x, dx, groups, set_weight, weight, stats, grad_weight, grad_bias, grad_set_weight)
+
+
+def _launch_backward(dy, x, dx, groups, set_weight, weight, stats, grad_weight, grad_bias, grad_set_weight) -> None:
     _, c, s, r, piece, pieces = _launch_sizes(x)
     sum_dy, sum_dy_xc = torch.empty(2, c * pieces, dtype=torch.float32, device=x.device)
     work = torch.empty(3 * c, dtype=torch.float32, device=x.device)

@@ -10,30 +10,45 @@ from datetime import date
 
 import torch
 
-__all__ = ["measure", "environment", "markdown_table"]
+__all__ = ["measure", "environment", "markdown_table", "synchronizer"]
 
 
-def measure(candidates: Mapping[str, Callable[[], object]], repeats: int, min_seconds: float) -> dict[str, float]:
+def measure(
+    candidates: Mapping[str, Callable[[], object]],
+    repeats: int,
+    min_seconds: float,
+    synchronize: Callable[[], object] = lambda: None,
+) -> dict[str, float]:
     """Median seconds per call of each candidate.
 
     Each candidate is warmed up and given a call count so that one timing lasts at least ``min_seconds``;
     then ``repeats`` rounds each time every candidate once, in turn, so that drifts of the machine (other
-    processes, clock) fall on all candidates alike.
+    processes, clock) fall on all candidates alike. ``synchronize`` runs before a timing starts and before it
+    ends (``torch.cuda.synchronize`` for work queued on a GPU).
     """
     calls = {}
     for name, run in candidates.items():
         run()
+        synchronize()
         start = time.perf_counter()
         run()
+        synchronize()
         calls[name] = max(1, round(min_seconds / max(time.perf_counter() - start, 1e-9)))
     samples: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, run in candidates.items():
+            synchronize()
             start = time.perf_counter()
             for _ in range(calls[name]):
                 run()
+            synchronize()
             samples[name].append((time.perf_counter() - start) / calls[name])
     return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def synchronizer(device: torch.device) -> Callable[[], object]:
+    """What :func:`measure` must call to wait for ``device``'s queued work."""
+    return torch.cuda.synchronize if device.type == "cuda" else lambda: None
 
 
 def environment() -> str:
@@ -44,8 +59,9 @@ def environment() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    gpu = f", {torch.cuda.get_device_name()}, CUDA {torch.version.cuda}" if torch.cuda.is_available() else ""
     return (
-        f"{date.today().isoformat()}, {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"{date.today().isoformat()}, {cpu}, {torch.get_num_threads()} threads{gpu}, torch {torch.__version__}, "
         f"python {platform.python_version()}"
     )
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedhn import determinism
 from fedhn.app.client_evaluation import evaluate_node
 from fedhn.app.client_store import ClientStore
 from fedhn.app.config import RunConfig
@@ -24,11 +25,14 @@ app = ClientApp()
 
 @functools.lru_cache(maxsize=4)
 def _config(items: frozenset) -> RunConfig:
-    return RunConfig.from_mapping(dict(items))
+    config = RunConfig.from_mapping(dict(items))
+    determinism.apply(config.deterministic)  # before this worker's first cuBLAS call
+    return config
 
 
 def run_config(mapping: Mapping) -> RunConfig:
-    """The validated run config, parsed once per process."""
+    """The validated run config, parsed once per process, where its process-wide settings
+    (:mod:`fedhn.determinism`) take effect: every handler that computes calls this first."""
     return _config(frozenset(mapping.items()))
 
 

@@ -10,6 +10,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedhn import determinism
 from fedhn.app.checkpoint import restore
 from fedhn.app.config import ConfigError, RunConfig
 from fedhn.app.federated_calibration import FederatedCalibration
@@ -27,6 +28,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     config = with_output_dir(RunConfig.from_mapping(context.run_config))
+    determinism.apply(config.deterministic)
     layout = ClientLayout(len(list(grid.get_node_ids())), config.clients_per_node)
     if problems := run_problems(config, num_partitions=layout.clients):
         raise ConfigError.listing(problems)

@@ -166,6 +166,26 @@ def test_update_rejects_running_statistics_of_the_wrong_shape():
             torch.ops.fedhn.hn_update_running.default(*running, stats, [8, 2], 0.1)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("factor", [0.1, 0.7])  # both of torch.lerp's formulas
+@pytest.mark.parametrize(("rows", "center"), [((), False), ((), True), ((3,), True)])
+def test_c_update_of_running_statistics_equals_foreach_lerp(dtype, factor, rows, center):
+    channels, groups = 8, 2
+    generator = torch.Generator().manual_seed(0)
+
+    def random(*shape):
+        return torch.randn(*rows, *shape, generator=generator, dtype=dtype)
+
+    running = [random(channels), random(groups), random(groups) if center else None]
+    stats = random(sum(fused.stat_sizes(channels, [groups])))
+    expected = [None if t is None else t.clone() for t in running]
+    fused._lerp_update(*expected, stats, groups, factor)
+    fused._c_update(*running, stats, groups, factor)
+    for got, want in zip(running, expected, strict=True):
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=0, atol=4 * torch.finfo(dtype).eps)
+
+
 def test_a_failing_kernel_leaves_the_batch_counter(monkeypatch):
     layer = norm_layer("hn")(8)
 

@@ -288,6 +288,11 @@ class RunConfig:
     )
     eval_batch_size: int = _key(500, "batch size of the server's evaluation", _at_least(1))
     seed: int = _key(0, "seed of partitions, batch sizes, initialization, sampling and shuffling")
+    deterministic: bool = _key(
+        False,
+        "bitwise-reproducible GPU runs in every worker: `torch.use_deterministic_algorithms`, cuDNN deterministic, "
+        "`CUBLAS_WORKSPACE_CONFIG` (slower; CPU runs are reproducible without it)",
+    )
     out_dir: str = _key("", "results directory; empty: `outputs/<time>-<model>-<norm>`", resumable=True)
     resume: bool = _key(False, "continue the run in `out-dir` from its last checkpoint", resumable=True)
     init_model: str = _key("", "a state_dict file (e.g. a `model.pt`) to start from; empty: a random initialization")

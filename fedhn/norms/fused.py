@@ -15,15 +15,21 @@ Their schemas are in :data:`SCHEMAS`. Each checks every tensor argument (ValueEr
 ``vmap(grad(...))``) over K packed clients runs each as one kernel call: a batched input (K, N, C, ...) is the
 input (N, K*C, ...) with K times the std groups. ``groups`` holds each std set's channel-group count,
 ``set_weight`` (S, C) float64 each set's weight per channel (a mixture's softmax). Eager layers on plain tensors
-call the CPU kernels without the dispatcher (see :func:`_direct`), which costs as much as the kernel at small shapes.
+call the kernels without the dispatcher (see :func:`_direct`), which costs as much as the kernel at small shapes.
+
+Kernels per device type (:data:`KERNELS`): on CPU the C kernels (float32, float64), on CUDA the Triton kernels of
+:mod:`fedhn.norms.fused_triton` (float32, bfloat16, float16; imported at first use). ``stats``, weights, biases
+and running statistics have the dtype :func:`stat_dtype` gives: the input's, float32 for half inputs.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import importlib.util
 import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -31,7 +37,7 @@ from torch import Tensor
 from fedhn.norms import kernel_build
 from fedhn.norms.pixel_sets import PixelSet
 
-__all__ = ["SCHEMAS", "accepts", "fused_norm", "stat_sizes", "update_running"]
+__all__ = ["KERNELS", "SCHEMAS", "DeviceKernels", "accepts", "fused_norm", "stat_dtype", "stat_sizes", "update_running"]
 
 # Below this many elements one thread is faster than waking the OpenMP team.
 _PARALLEL_MIN_ELEMENTS = 32768
@@ -58,14 +64,21 @@ def stat_sizes(channels: int, groups: Sequence[int]) -> list[int]:
     return [channels, total, total, channels, total]
 
 
+def stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the statistics, weights and running statistics for inputs of ``dtype``."""
+    return torch.float32 if dtype in _HALF else dtype
+
+
 def accepts(x: Tensor, weight: Tensor | None, running_mean: Tensor | None) -> bool:
-    """Whether :func:`fused_norm` can run on ``x`` (with the layer's ``weight`` and ``running_mean``) here:
-    float32/float64 CPU tensors of one dtype in any memory layout (copied to NCHW), and a C compiler."""
+    """Whether :func:`fused_norm` can run on ``x`` (with the layer's ``weight`` and ``running_mean``) here: a
+    tensor of a dtype its device's kernels take, in any memory layout (copied to NCHW), the others of
+    :func:`stat_dtype`, and kernels that load (a C compiler on CPU, triton on CUDA)."""
+    kernels = KERNELS.get(x.device.type)
     return (
-        x.device.type == "cpu"
-        and x.dtype in kernel_build.SCALARS
-        and all(t is None or t.dtype == x.dtype for t in (weight, running_mean))
-        and _kernel_available(x.dtype)
+        kernels is not None
+        and x.dtype in kernels.dtypes
+        and all(t is None or t.dtype == stat_dtype(x.dtype) for t in (weight, running_mean))
+        and _kernel_available(x.device.type, x.dtype)
     )
 
 
@@ -111,9 +124,9 @@ def _groups(std_sets: tuple[PixelSet, ...], channels: int) -> list[int]:
 
 
 def _direct(tensor: Tensor) -> bool:
-    """Whether the layers may call an operator's CPU kernel directly, without the dispatcher's per-call cost
-    (a third of BatchNorm's whole step at (2, 256, 8, 8)): for plain tensors, outside torch.compile, torch.func
-    transforms and dispatch modes, where the dispatcher would pick that kernel anyway."""
+    """Whether the layers may call the operators' kernels (:data:`KERNELS`) directly, without the dispatcher's
+    per-call cost (a third of BatchNorm's whole step at (2, 256, 8, 8)): for plain tensors, outside torch.compile,
+    torch.func transforms and dispatch modes, where the dispatcher would pick the same kernels anyway."""
     return (
         type(tensor) is Tensor
         and not torch.compiler.is_compiling()
@@ -123,8 +136,8 @@ def _direct(tensor: Tensor) -> bool:
 
 
 @torch.compiler.assume_constant_result
-def _kernel_available(dtype: torch.dtype) -> bool:
-    return kernel_build.load(dtype) is not None
+def _kernel_available(device_type: str, dtype: torch.dtype) -> bool:
+    return KERNELS[device_type].available(dtype)
 
 
 # ---- argument checks (run by the kernels and, all but contiguity, by the fake implementations) ----
@@ -148,10 +161,14 @@ def _check_contiguous(op: str, **tensors: Tensor | None) -> None:
 
 
 def _check_input(op: str, x: Tensor, groups: Sequence[int], set_weight: Tensor) -> None:
-    if x.dim() < 2 or x.dtype not in kernel_build.SCALARS or x.device.type != "cpu":
+    kernels = KERNELS.get(x.device.type)
+    if kernels is None:
+        raise ValueError(f"fedhn::{op}: no kernels for {x.device.type} tensors; use a device of {', '.join(KERNELS)}")
+    if x.dim() < 2 or x.dtype not in kernels.dtypes:
+        names = " or ".join(str(dtype).removeprefix("torch.") for dtype in kernels.dtypes)
         raise ValueError(
-            f"fedhn::{op}: x must be a float32 or float64 CPU tensor of shape (N, C, ...), got a {x.dtype} tensor "
-            f"of shape {tuple(x.shape)} on {x.device}"
+            f"fedhn::{op}: x must be a {names} {x.device.type.upper()} tensor of shape (N, C, ...), got a {x.dtype} "
+            f"tensor of shape {tuple(x.shape)} on {x.device}"
         )
     channels = x.shape[1]
     if not groups or any(g < 1 or channels % g for g in groups):
@@ -165,15 +182,15 @@ def _check_input(op: str, x: Tensor, groups: Sequence[int], set_weight: Tensor) 
 def _check_norm(x: Tensor, groups: Sequence[int], weight: Tensor | None, bias: Tensor | None, set_weight: Tensor):
     _check_input("hn_norm", x, groups, set_weight)
     for name, tensor in (("weight", weight), ("bias", bias)):
-        _check("hn_norm", name, tensor, x, x.shape[1:2], x.dtype)
+        _check("hn_norm", name, tensor, x, x.shape[1:2], stat_dtype(x.dtype))
 
 
 def _check_backward(grad_y, x, groups, weight, set_weight, stats) -> None:
     op = "hn_norm_backward"
     _check_input(op, x, groups, set_weight)
     _check(op, "grad_y", grad_y, x, x.shape, x.dtype)
-    _check(op, "weight", weight, x, x.shape[1:2], x.dtype)
-    _check(op, "stats", stats, x, (sum(stat_sizes(x.shape[1], groups)),), x.dtype)
+    _check(op, "weight", weight, x, x.shape[1:2], stat_dtype(x.dtype))
+    _check(op, "stats", stats, x, (sum(stat_sizes(x.shape[1], groups)),), stat_dtype(x.dtype))
 
 
 def _check_update(running_mean, running_var, running_center, stats, groups) -> None:
@@ -196,65 +213,28 @@ def _check_update(running_mean, running_var, running_center, stats, groups) -> N
 
 
 def _hn_norm(x, groups, weight, bias, set_weight, eps):
-    _check_norm(x, groups, weight, bias, set_weight)
     _check_contiguous("hn_norm", x=x, weight=weight, bias=bias, set_weight=set_weight)
-    n, c = x.shape[:2]
-    y, stats = torch.empty_like(x), x.new_empty(sum(stat_sizes(c, groups)))
-    kernel_build.load(x.dtype).call(
-        "fused_forward",
-        x=x,
-        y=y,
-        n=n,
-        c=c,
-        s=x.numel() // (n * c),
-        num_sets=len(groups),
-        groups=_groups_array(tuple(groups)),
-        set_weight=set_weight,
-        weight=weight,
-        bias=bias,
-        eps=eps,
-        stats=stats,
-        threads=_threads(x),
-    )
+    y, stats = _hn_norm_fake(x, groups, weight, bias, set_weight, eps)
+    KERNELS[x.device.type].forward(x, y, groups, set_weight, weight, bias, eps, stats)
     return y, stats
 
 
 def _hn_norm_fake(x, groups, weight, bias, set_weight, eps):
     _check_norm(x, groups, weight, bias, set_weight)
-    return torch.empty_like(x), x.new_empty(sum(stat_sizes(x.shape[1], groups)))
+    return torch.empty_like(x), x.new_empty(sum(stat_sizes(x.shape[1], groups)), dtype=stat_dtype(x.dtype))
 
 
 def _hn_norm_backward(grad_y, x, groups, weight, set_weight, stats):
-    _check_backward(grad_y, x, groups, weight, set_weight, stats)
     _check_contiguous("hn_norm_backward", grad_y=grad_y, x=x, weight=weight, set_weight=set_weight, stats=stats)
-    n, c = x.shape[:2]
-    grad_x, grad_weight, grad_bias = torch.empty_like(x), x.new_empty(c), x.new_empty(c)
-    grad_set_weight = torch.empty_like(set_weight)
-    kernel_build.load(x.dtype).call(
-        "fused_backward",
-        dy=grad_y,
-        x=x,
-        dx=grad_x,
-        n=n,
-        c=c,
-        s=x.numel() // (n * c),
-        num_sets=len(groups),
-        groups=_groups_array(tuple(groups)),
-        set_weight=set_weight,
-        weight=weight,
-        stats=stats,
-        grad_weight=grad_weight,
-        grad_bias=grad_bias,
-        grad_set_weight=grad_set_weight,
-        threads=_threads(x),
-    )
-    return grad_x, grad_weight, grad_bias, grad_set_weight
+    gradients = _hn_norm_backward_fake(grad_y, x, groups, weight, set_weight, stats)
+    KERNELS[x.device.type].backward(grad_y, x, gradients[0], groups, set_weight, weight, stats, *gradients[1:])
+    return gradients
 
 
 def _hn_norm_backward_fake(grad_y, x, groups, weight, set_weight, stats):
     _check_backward(grad_y, x, groups, weight, set_weight, stats)
-    c = x.shape[1]
-    return torch.empty_like(x), x.new_empty(c), x.new_empty(c), torch.empty_like(set_weight)
+    c, dtype = x.shape[1], stat_dtype(x.dtype)
+    return torch.empty_like(x), x.new_empty(c, dtype=dtype), x.new_empty(c, dtype=dtype), torch.empty_like(set_weight)
 
 
 def _hn_update_running(running_mean, running_var, running_center, stats, groups, factor):
@@ -268,22 +248,105 @@ def _hn_update_running(running_mean, running_var, running_center, stats, groups,
         running_center=running_center,
         stats=stats,
     )
-    channels = running_mean.shape[-1]
-    kernel_build.load(running_mean.dtype).call(
-        "update_running",
-        running_mean=running_mean,
-        running_var=running_var,
-        running_center=running_center,
-        stats=stats,
-        rows=running_mean.numel() // channels,
-        c=channels,
-        g_total=sum(groups),
-        factor=factor,
-    )
+    KERNELS[running_mean.device.type].update(running_mean, running_var, running_center, stats, sum(groups), factor)
 
 
 def _hn_update_running_fake(running_mean, running_var, running_center, stats, groups, factor):
     _check_update(running_mean, running_var, running_center, stats, groups)
+
+
+# ---- kernels per device type ----
+
+
+@dataclass(frozen=True)
+class DeviceKernels:
+    """The kernels of one device type: ``forward(x, y, groups, set_weight, weight, bias, eps, stats)`` and
+    ``backward(dy, x, dx, groups, set_weight, weight, stats, grad_weight, grad_bias, grad_set_weight)`` write
+    into the preallocated outputs, ``update(running_mean, running_var, running_center, stats, total_groups,
+    factor)`` moves running statistics in place; ``available(dtype)`` says whether they load here."""
+
+    forward: Callable[..., None]
+    backward: Callable[..., None]
+    update: Callable[..., None]
+    dtypes: tuple[torch.dtype, ...]
+    available: Callable[[torch.dtype], bool]
+
+
+def _c_forward(x, y, groups, set_weight, weight, bias, eps, stats) -> None:
+    n, c = x.shape[:2]
+    kernel_build.load(x.dtype).call(
+        "fused_forward", x=x, y=y, n=n, c=c, s=x.numel() // (n * c), num_sets=len(groups),
+        groups=_groups_array(tuple(groups)), set_weight=set_weight, weight=weight, bias=bias, eps=eps, stats=stats,
+        threads=_threads(x),
+    )  # fmt: skip
+
+
+def _c_backward(dy, x, dx, groups, set_weight, weight, stats, grad_weight, grad_bias, grad_set_weight) -> None:
+    n, c = x.shape[:2]
+    kernel_build.load(x.dtype).call(
+        "fused_backward", dy=dy, x=x, dx=dx, n=n, c=c, s=x.numel() // (n * c), num_sets=len(groups),
+        groups=_groups_array(tuple(groups)), set_weight=set_weight, weight=weight, stats=stats,
+        grad_weight=grad_weight, grad_bias=grad_bias, grad_set_weight=grad_set_weight, threads=_threads(x),
+    )  # fmt: skip
+
+
+def _c_update(running_mean, running_var, running_center, stats, total_groups, factor) -> None:
+    channels = running_mean.shape[-1]
+    kernel_build.load(running_mean.dtype).call(
+        "update_running", running_mean=running_mean, running_var=running_var, running_center=running_center,
+        stats=stats, rows=running_mean.numel() // channels, c=channels, g_total=total_groups, factor=factor,
+    )  # fmt: skip
+
+
+def _lerp_update(running_mean, running_var, running_center, stats, total_groups, factor) -> None:
+    """:func:`_c_update`'s math as one ``torch._foreach_lerp_`` over the parts of ``stats`` (any device)."""
+    channels = running_mean.shape[-1]
+    running, batch = [running_mean, running_var], [stats[..., :channels], stats[..., -total_groups:]]
+    if running_center is not None:
+        running.append(running_center)
+        batch.append(stats[..., channels : channels + total_groups])
+    torch._foreach_lerp_(running, batch, factor)
+
+
+@functools.cache
+def _triton_kernels():
+    from fedhn.norms import fused_triton  # imports triton (about a second): only once CUDA tensors arrive
+
+    return fused_triton
+
+
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _triton_forward(*arguments) -> None:
+    _triton_kernels().forward(*arguments)
+
+
+def _triton_backward(*arguments) -> None:
+    _triton_kernels().backward(*arguments)
+
+
+KERNELS: dict[str, DeviceKernels] = {
+    "cpu": DeviceKernels(
+        _c_forward,
+        _c_backward,
+        _c_update,
+        tuple(kernel_build.SCALARS),
+        lambda dtype: kernel_build.load(dtype) is not None,
+    ),
+    "cuda": DeviceKernels(
+        _triton_forward,
+        _triton_backward,
+        _lerp_update,
+        (torch.float32, torch.bfloat16, torch.float16),
+        lambda _dtype: _triton_installed(),
+    ),
+}
+"""The kernels of each device type the operators run on (the tests swap the CPU entry for the Triton kernels
+under the interpreter)."""
+_HALF = (torch.float16, torch.bfloat16)
 
 
 # ---- autograd ----
@@ -460,7 +523,8 @@ for _op, (_impl, _fake, _vmap) in {
     "hn_norm_backward": (_hn_norm_backward, _hn_norm_backward_fake, _hn_norm_backward_vmap),
     "hn_update_running": (_hn_update_running, _hn_update_running_fake, _hn_update_running_vmap),
 }.items():
-    _LIBRARY.impl(_op, _impl, "CPU")
+    for _key in ("CPU", "CUDA"):
+        _LIBRARY.impl(_op, _impl, _key)
     torch.library.register_fake(_NAME.format(_op), _fake, lib=_LIBRARY)
     torch.library.register_vmap(_NAME.format(_op), _vmap, lib=_LIBRARY)
 _LIBRARY.impl("hn_norm", _hn_norm_autograd, "Autograd")

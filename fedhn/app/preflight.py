@@ -20,7 +20,7 @@ def run_problems(config: RunConfig, num_partitions: int = 0) -> list[str]:
     partition checks."""
     try:
         data = dataset(config)
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError) as error:
         return [f"dataset = {config.dataset!r}: {error}"]
     try:
         model = new_model(config).eval()

@@ -1,6 +1,6 @@
-"""The ServerApp's record of a run: after every round, the global model's central test accuracy,
-the round's line in ``metrics.jsonl`` (from the strategy's report of the round) and a checkpoint;
-``model.pt`` at the end."""
+"""The ServerApp's record of a run: after every round, the global model's central test accuracy
+(also per domain for data with domains), the round's line in ``metrics.jsonl`` (from the
+strategy's report of the round) and a checkpoint; ``model.pt`` at the end."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import nn
 from fedhn.app.checkpoint import save_checkpoint
 from fedhn.app.config import RunConfig
 from fedhn.app.results import RunRecorder, read_results
-from fedhn.app.task import test_data
+from fedhn.app.task import test_data, test_data_by_domain
 from fedhn.training import evaluate
 from strategies import RoundReport
 
@@ -35,8 +35,7 @@ class RoundLog:
 
     def __call__(self, server_round: int, arrays: ArrayRecord, report: RoundReport | None) -> MetricRecord:
         self.model.load_state_dict(arrays.to_torch_state_dict())
-        images, labels = test_data(self.config)
-        loss, accuracy = evaluate(self.model, images, labels, self.config.eval_batch_size)
+        loss, accuracy, by_domain = self._evaluate()
         if report is not None:
             self.recorder.log_round(
                 {
@@ -49,10 +48,24 @@ class RoundLog:
                     "failures": report.dropped,
                     "wall_time": round(self.elapsed_before + time.monotonic() - self.started, 3),
                 }
+                | ({"test_accuracy_by_domain": by_domain} if by_domain else {})
                 | report.extra
             )
             save_checkpoint(self.recorder.out_dir, server_round, self.model.state_dict(), self.config.to_dict())
         return MetricRecord({"test-accuracy": accuracy, "test-loss": loss})
+
+    def _evaluate(self) -> tuple[float, float, dict[str, float]]:
+        """The global model's test loss and accuracy, and its accuracy on each domain's test set (the
+        whole set's figures are then the example-weighted combination of the domains')."""
+        domains = test_data_by_domain(self.config)
+        if not domains:
+            return *evaluate(self.model, *test_data(self.config), self.config.eval_batch_size), {}
+        results = {name: evaluate(self.model, *data, self.config.eval_batch_size) for name, data in domains.items()}
+        sizes = {name: len(labels) for name, (_, labels) in domains.items()}
+        total = sum(sizes.values())
+        loss = sum(results[name][0] * sizes[name] for name in domains) / total
+        correct = sum(round(results[name][1] * sizes[name]) for name in domains)
+        return loss, correct / total, {name: accuracy for name, (_, accuracy) in results.items()}
 
     def close(self) -> str:
         """Save the last global model as ``model.pt``; return the run's summary line."""

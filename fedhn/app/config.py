@@ -178,8 +178,8 @@ class RunConfig:
         "digits",
         "`digits` (scikit-learn's 8x8 digits, embedded), `cifar10`, `cifar100`, `mnist`, `fashion-mnist` "
         "(torchvision, in `data-dir`), a path to a `.npz` with uint8 `x_train` (N,H,W,C), `y_train`, `x_test`, "
-        "`y_test`, or the path (with a `/`) of an image folder: `root/[train|test/][<domain>/]<class>/*.jpg` "
-        "(see *Image folders*)",
+        "`y_test`, or the path (with a `/`) of an image folder `root/<domain>/<class>/*.jpg` or "
+        "`root/<class>/*.jpg`, optionally under `train/` and `test/` (see *Image folders*)",
         _dataset,
     )
     data_dir: str = _key(

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2 import functional  # imported here, so that DataLoader workers inherit it
 
 __all__ = ["FolderImages", "STREAM_WORKERS", "channel_moments", "decode_file", "normalize", "read_batches"]
 
@@ -20,9 +22,6 @@ STREAM_WORKERS = 2  # DataLoader worker processes decoding streamed images
 def decode_file(path: str, size: int) -> Tensor:
     """The image at ``path`` as uint8 RGB (3, size, size): its shorter side resized to ``size``
     (antialiased), then center-cropped."""
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2 import functional
-
     image = decode_image(path, mode=ImageReadMode.RGB, apply_exif_orientation=True)
     return functional.center_crop(functional.resize(image, size, antialias=True), [size, size])
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 from torchvision.io import write_png
 
+from fedhn.app import task
 from fedhn.app.config import ConfigError, RunConfig
 from fedhn.app.preflight import run_problems
 from fedhn.app.round_log import RoundLog
-from fedhn.app.task import client_data, dataset, new_model, test_data, test_data_by_domain
+from fedhn.app.task import client_data, dataset, new_model
 from fedhn.calibration import calibration_order, layer_sums
 from fedhn.data import FolderImages, FolderOptions, domain_partition_indices, load_dataset, read_batches
 from fedhn.data import image_folder as folder_module
@@ -260,12 +261,12 @@ def test_the_central_accuracy_is_reported_per_domain_and_combined(defaults, tmp_
     torch.manual_seed(0)
     model = new_model(config)
     loss, accuracy, by_domain = RoundLog(config, model)._evaluate()
-    domains = test_data_by_domain(config)
+    domains = task.test_data_by_domain(config)
     assert list(domains) == list(by_domain) == ["photo", "sketch"]
-    assert sum(len(labels) for _, labels in domains.values()) == len(test_data(config)[1])
+    assert sum(len(labels) for _, labels in domains.values()) == len(task.test_data(config)[1])
     for name, (images, labels) in domains.items():
         assert by_domain[name] == evaluate(model, images, labels)[1]
-    assert (loss, accuracy) == pytest.approx(evaluate(model, *test_data(config)), rel=1e-6)
+    assert (loss, accuracy) == pytest.approx(evaluate(model, *task.test_data(config)), rel=1e-6)
 
 
 def test_folder_paths_are_valid_dataset_values_and_other_names_are_not(defaults):

@@ -162,6 +162,8 @@ def test_bad_layouts_are_refused_with_what_to_fix(tmp_path):
     (tmp_path / "noimages" / "dog" / "0.txt").write_text("text")
     with pytest.raises(ValueError, match="holds no class folders"):
         scan_folder(tmp_path / "noimages")
+    with pytest.raises(ValueError, match="leaves no test image; raise folder-test-fraction"):
+        scan_folder(write_image_folder(tmp_path / "small", per_class=2), test_fraction=0.1)
 
 
 def test_streamed_images_are_the_in_memory_images(tmp_path):

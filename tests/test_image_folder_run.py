@@ -1,5 +1,5 @@
 """End to end: a `flwr run` simulation (through fedhn compare) on a generated 2-domain image folder,
-streamed from disk, each client holding one domain."""
+streamed from disk, each client holding one domain (2 nodes x 2 clients, trained one after the other)."""
 
 import json
 from pathlib import Path
@@ -23,7 +23,7 @@ def test_a_streamed_two_domain_folder_trains_one_domain_per_client(tmp_path):
     read_only = sorted(root.rglob("*"))
     run_config = (
         f"dataset='{root}' cache-dir='{tmp_path / 'cache'}' image-size=8 stream-data='true' partitioner='domain' "
-        "model='mlp' batch-sizes='4' local-epochs=2 num-server-rounds=2 lr=0.4"
+        "model='mlp' batch-sizes='4' local-epochs=2 num-server-rounds=2 lr=0.4 clients-per-node=2"
     )
     result = CliRunner().invoke(
         app,

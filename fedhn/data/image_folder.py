@@ -156,7 +156,8 @@ def scan_folder(root: Path, test_fraction: float = 0.2, seed: int = 0) -> Folder
 
     Raises:
         FileNotFoundError: ``root`` is not a directory, or a class folder holds no image.
-        ValueError: the layout is not an image folder's, or domains (or train and test) disagree on classes.
+        ValueError: the layout is not an image folder's, domains (or train and test) disagree on classes,
+            or the seeded split leaves no test image.
     """
     if not root.is_dir():
         raise FileNotFoundError(
@@ -175,6 +176,11 @@ def scan_folder(root: Path, test_fraction: float = 0.2, seed: int = 0) -> Folder
     else:
         domains, classes, everything = _scan(root)
         train, test = _seeded_split(everything, test_fraction, seed)
+        if not test.paths:
+            raise ValueError(
+                f"{root}: folder-test-fraction = {test_fraction} of each class leaves no test image; "
+                "raise folder-test-fraction or give train/ and test/ folders"
+            )
     return FolderIndex(root, tuple(classes), tuple(domains), train, test)
 
 

@@ -32,7 +32,7 @@ def test_a_streamed_two_domain_folder_trains_one_domain_per_client(tmp_path):
             "--norms",
             "hn",
             "--num-supernodes",
-            "4",
+            "2",
             "-c",
             run_config,
             "--out",

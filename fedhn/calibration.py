@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from fedhn.data.images import FolderImages, read_batches
 from fedhn.norms import BatchRenorm, HeterologousNorm
 
 __all__ = ["calibrated_layers", "calibration_order", "layer_sums", "pool_sums", "apply_sums", "calibrate"]
@@ -61,9 +62,10 @@ def calibration_order(model: nn.Module, example: Tensor) -> list[str]:
 
 
 @torch.no_grad()
-def layer_sums(model: nn.Module, images: Tensor, layer: str, batch_size: int = 500) -> dict[str, Tensor]:
-    """Per-channel count, sum and sum of squares (float64) of ``layer``'s input over ``images``, with
-    the model in eval mode; each forward stops at the layer. Keys: ``<layer>.count|sum|sumsq``."""
+def layer_sums(model: nn.Module, images: Tensor | FolderImages, layer: str, batch_size: int = 500) -> dict[str, Tensor]:
+    """Per-channel count, sum and sum of squares (float64) of ``layer``'s input over ``images`` (streamed
+    ones read batch by batch), with the model in eval mode; each forward stops at the layer. Keys:
+    ``<layer>.count|sum|sumsq``."""
     totals = {key: torch.zeros((), dtype=torch.float64) for key in ("count", "sum", "sumsq")}
 
     def record(_: nn.Module, inputs: tuple[Tensor, ...]) -> None:
@@ -76,9 +78,9 @@ def layer_sums(model: nn.Module, images: Tensor, layer: str, batch_size: int = 5
     handle = calibrated_layers(model)[layer].register_forward_pre_hook(record)
     try:
         model.eval()
-        for start in range(0, len(images), batch_size):
+        for batch in read_batches(images, [slice(s, s + batch_size) for s in range(0, len(images), batch_size)]):
             try:
-                model(images[start : start + batch_size])
+                model(batch)
             except _LayerReached:
                 pass
     finally:

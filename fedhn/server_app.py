@@ -35,7 +35,7 @@ def main(grid: Grid, context: Context) -> None:
     torch.manual_seed(config.seed)
     model = new_model(config)
     first_round = restore(config, model)
-    # Nodes answer the partition query once their ClientApp has started: on a loaded machine that takes over a minute.
+    # the first query starts the ClientApps (Ray workers, imports): it may take as long as a round
     nodes = PartitionDirectory(config.clients_per_node, timeout=config.round_timeout)
     strategy = StatsFedAvg(
         stats_aggregation=config.stats_aggregation,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedhn.clipping import AdaptiveClipping
+from fedhn.data.images import FolderImages, read_batches
 
 __all__ = ["TrainResult", "epoch_batches", "sgd", "train", "evaluate", "client_lr"]
 
@@ -50,6 +51,23 @@ def epoch_batches(num_examples: int, batch_size: int, generator: torch.Generator
     return batches
 
 
+def _epoch(
+    images: Tensor | FolderImages,
+    batch_size: int,
+    generator: torch.Generator,
+    augment: Callable[[Tensor], Tensor] | None,
+    max_batches: int | None,
+) -> tuple[list[Tensor], Iterator[Tensor]]:
+    """One epoch's index batches and their images: a tensor is augmented as a whole, then shuffled;
+    streamed images are shuffled, then read and augmented batch by batch."""
+    if isinstance(images, Tensor):
+        images = augment(images) if augment is not None else images
+        augment = None
+    batches = epoch_batches(len(images), batch_size, generator)[:max_batches]
+    read = read_batches(images, batches)
+    return batches, read if augment is None else (augment(batch) for batch in read)
+
+
 def sgd(
     model: nn.Module, lr: float, momentum: float, weight_decay: float, device: torch.device, fused: bool | None = None
 ) -> torch.optim.SGD:
@@ -63,7 +81,7 @@ def sgd(
 
 def train(
     model: nn.Module,
-    images: Tensor,
+    images: Tensor | FolderImages,
     labels: Tensor,
     *,
     batch_size: int,
@@ -83,6 +101,8 @@ def train(
     after ``max_steps`` steps if given), calling ``after_step()`` after every optimizer step; with
     ``agc_clip > 0`` the gradients are clipped adaptively first (:mod:`fedhn.clipping`, classifier spared).
     With ``lr_factor``, step t uses ``lr * lr_factor(t)`` (``torch.optim.lr_scheduler.LambdaLR``).
+    Streamed images (:class:`FolderImages`) are read batch by batch through a DataLoader and
+    augmented per batch (the same examples in the same order as in memory; other augmentation draws).
 
     Data and model stay on the device of ``images``; the loss is accumulated on the device and read
     once at the end (no host sync per step). SGD runs as one fused kernel over all parameters on CPU
@@ -97,11 +117,11 @@ def train(
     total_loss = torch.zeros((), device=images.device)
     steps = examples = 0
     for _ in range(epochs):
-        epoch_images = augment(images) if augment is not None else images
-        batches = epoch_batches(len(images), batch_size, generator)
-        for index in batches if max_steps is None else batches[: max_steps - steps]:
-            index = index.to(images.device)
-            loss = F.cross_entropy(model(epoch_images[index]), labels[index])
+        batches, batch_images = _epoch(
+            images, batch_size, generator, augment, None if max_steps is None else max_steps - steps
+        )
+        for index, inputs in zip(batches, batch_images, strict=True):
+            loss = F.cross_entropy(model(inputs), labels[index.to(labels.device)])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clipping is not None:
@@ -123,14 +143,17 @@ def train(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 500) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` in eval mode."""
+def evaluate(
+    model: nn.Module, images: Tensor | FolderImages, labels: Tensor, batch_size: int = 500
+) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy of ``model`` in eval mode (streamed images read batch by batch)."""
     model.eval()
     loss = torch.zeros((), device=images.device, dtype=torch.float64)
     correct = torch.zeros((), device=images.device, dtype=torch.long)
-    for start in range(0, len(images), batch_size):
-        logits = model(images[start : start + batch_size])
-        target = labels[start : start + batch_size]
+    chunks = [slice(start, start + batch_size) for start in range(0, len(images), batch_size)]
+    for chunk, batch in zip(chunks, read_batches(images, chunks), strict=True):
+        logits = model(batch)
+        target = labels[chunk]
         loss += F.cross_entropy(logits, target, reduction="sum").double()
         correct += (logits.argmax(1) == target).sum()
     return float(loss) / len(images), float(correct) / len(images)

@@ -25,3 +25,34 @@ def tiny_npz(tmp_path) -> Path:
     path = tmp_path / "tiny.npz"
     np.savez(path, x_train=images[:96], y_train=labels[:96], x_test=images[96:], y_test=labels[96:])
     return path
+
+
+def write_image_folder(
+    root: Path,
+    domains: tuple[str, ...] = ("photo", "sketch"),
+    classes: tuple[str, ...] = ("cat", "dog", "owl"),
+    per_class: int = 6,
+    seed: int = 0,
+) -> Path:
+    """A tiny image folder ``root/<domain>/<class>/<i>.png|jpg`` (``domains=()``: ``root/<class>/``):
+    images of 12 x 9 pixels whose colour tells the class and whose brightness tells the domain,
+    every third one a JPEG, every fifth one grayscale."""
+    import torch
+    from torchvision.io import write_jpeg, write_png
+
+    generator = torch.Generator().manual_seed(seed)
+    for d, domain in enumerate(domains or ("",)):
+        for c, name in enumerate(classes):
+            folder = root / domain / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                noise = torch.randint(0, 40, (3, 9, 12), generator=generator)
+                image = (noise + 60 * d + torch.tensor([80 * c, 200 - 60 * c, 40]).view(3, 1, 1)).clamp(0, 255)
+                image = image.to(torch.uint8)
+                if i % 5 == 4:
+                    image = image[:1]
+                if i % 3 == 2:
+                    write_jpeg(image, str(folder / f"{i}.jpg"), quality=95)
+                else:
+                    write_png(image, str(folder / f"{i}.png"))
+    return root

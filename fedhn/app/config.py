@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from fedhn.app.faults import FAULT_KINDS
-from fedhn.data import DATASETS
+from fedhn.data import DATASETS, is_folder_path
 from fedhn.data.feature_shift import AUTO as AUTO_SHIFT
 from fedhn.data.feature_shift import feature_shift_problem
 from fedhn.models import CONVS, MODELS, model_names
@@ -69,12 +69,17 @@ def _fault_kinds(kinds: tuple[str, ...]) -> str | None:
 
 
 def _dataset(value: str) -> str | None:
-    if value in DATASETS or value.endswith(".npz"):
+    if value in DATASETS or value.endswith(".npz") or is_folder_path(value):
         return None
     nearest = difflib.get_close_matches(value, list(DATASETS), n=1, cutoff=0.4)
-    return f"allowed values: {', '.join(DATASETS)} or a path to a local .npz (x_train, y_train, x_test, y_test)" + (
-        f" (nearest: {nearest[0]!r})" if nearest else ""
-    )
+    return (
+        f"allowed values: {', '.join(DATASETS)}, a path to a local .npz (x_train, y_train, x_test, y_test) "
+        "or the path of an image folder (with a '/', e.g. './caltech256')"
+    ) + (f" (nearest: {nearest[0]!r})" if nearest else "")
+
+
+def _open_fraction(value: float) -> str | None:
+    return None if 0 < value < 1 else "must be in (0, 1)"
 
 
 def _model(value: str) -> str | None:
@@ -176,8 +181,9 @@ class RunConfig:
     dataset: str = _key(
         "digits",
         "`digits` (scikit-learn's 8x8 digits, embedded), `cifar10`, `cifar100`, `mnist`, `fashion-mnist` "
-        "(torchvision, in `data-dir`), or a path to a `.npz` with uint8 `x_train` (N,H,W,C), `y_train`, `x_test`, "
-        "`y_test`",
+        "(torchvision, in `data-dir`), a path to a `.npz` with uint8 `x_train` (N,H,W,C), `y_train`, `x_test`, "
+        "`y_test`, or the path (with a `/`) of an image folder `root/<domain>/<class>/*.jpg` or "
+        "`root/<class>/*.jpg`, optionally under `train/` and `test/` (see *Image folders*)",
         _dataset,
     )
     data_dir: str = _key(
@@ -185,6 +191,27 @@ class RunConfig:
         "where torchvision datasets are stored (downloaded where there is internet; offline and absent, a clear "
         "error names the expected files)",
         resumable=True,
+    )
+    image_size: int = _key(
+        32, "image folders: each image's shorter side is resized to this size, then center-cropped", _at_least(4)
+    )
+    folder_test_fraction: float = _key(
+        0.2,
+        "image folders without `train/` and `test/`: the fraction of each class of each domain held out "
+        "(seeded by `seed`) as the central test set",
+        _open_fraction,
+    )
+    cache_dir: str = _key(
+        "",
+        "where decoded image folders are cached as uint8 tensors (rebuilt when a file changes); empty: "
+        "`$XDG_CACHE_HOME/fedhn/datasets` (default `~/.cache/fedhn/datasets`)",
+        resumable=True,
+    )
+    stream_data: str = _key(
+        "auto",
+        "image folders: `true` decodes images from disk batch by batch through a DataLoader instead of holding "
+        "them in memory; `false` holds them; `auto` streams above 4 GiB of decoded images",
+        _choice("auto", "true", "false"),
     )
     model: str = _key(
         "resnet8", ", ".join(f"`{name}`" for name in MODELS) + " or a torchvision model (`tv_<name>`)", _model
@@ -266,13 +293,20 @@ class RunConfig:
     )
     partitioner: str = _key(
         "iid",
-        "`iid`, `dirichlet` (`dirichlet-alpha`), `pathological` (`classes-per-partition`), via flwr-datasets",
-        _choice("iid", "dirichlet", "pathological"),
+        "`iid`, `dirichlet` (`dirichlet-alpha`), `pathological` (`classes-per-partition`), via flwr-datasets; "
+        "`domain`: each client holds one domain of an image folder (split by `domain-partitioner`)",
+        _choice("iid", "dirichlet", "pathological", "domain"),
     )
     dirichlet_alpha: float = _key(
         0.5, "concentration of the `dirichlet` partitioner (smaller: more skewed labels)", _at_least(1e-6)
     )
     classes_per_partition: int = _key(2, "classes per client of the `pathological` partitioner", _at_least(1))
+    domain_partitioner: str = _key(
+        "iid",
+        "with `partitioner = domain`: how the clients of one domain split its examples (`iid`, `dirichlet`, "
+        "`pathological`)",
+        _choice("iid", "dirichlet", "pathological"),
+    )
     feature_shift: str = _key(
         "none",
         f"feature-shift clients: `none`; `auto` (= `{','.join(AUTO_SHIFT)}`); or comma-separated transformation "

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from fedhn.app.config import RunConfig
 from fedhn.app.task import client_data, client_model, test_data
 from fedhn.calibration import apply_sums, calibration_order, layer_sums, pool_sums
+from fedhn.data import read_batches
 from fedhn.training import evaluate
 
 __all__ = ["FederatedCalibration", "node_sums", "QUERY"]
@@ -47,7 +48,7 @@ class FederatedCalibration:
         if not self.due(server_round):
             return arrays, {}
         images, labels = test_data(self.config)
-        order = calibration_order(self.model, images[:1])
+        order = calibration_order(self.model, next(read_batches(images, [slice(0, 1)])))
         if not order:
             return arrays, {}
         self.model.load_state_dict(arrays.to_torch_state_dict())

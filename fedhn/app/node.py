@@ -19,7 +19,7 @@ from torch import Tensor
 from fedhn.app.client_store import ClientStore
 from fedhn.app.config import RunConfig
 from fedhn.app.faults import draw_fault, poison
-from fedhn.app.task import norm_keys, train_client, train_packed_clients
+from fedhn.app.task import dataset, norm_keys, train_client, train_packed_clients
 from fedhn.training import TrainResult
 from strategies import partial_aggregate
 from strategies.replies import check_update, node_reply
@@ -77,9 +77,9 @@ def _train(
     kept: dict[int, dict[str, Tensor] | None],
     errors: dict[int, str],
 ) -> dict[int, tuple[dict[str, Tensor], TrainResult]]:
-    """The clients' trained states: packed when there are several (unless ``pack-clients`` is off),
-    else one by one; a client (or a packed group) whose training fails goes into ``errors``."""
-    if config.pack_clients and len(clients) > 1:
+    """The clients' trained states: packed when there are several (unless ``pack-clients`` is off or
+    the data is streamed), else one by one; a client (or a packed group) whose training fails goes into ``errors``."""
+    if config.pack_clients and len(clients) > 1 and not dataset(config).streamed:
         try:
             return train_packed_clients(config, state, clients, num_clients, server_round, lr, kept)
         except (FloatingPointError, RuntimeError, ValueError) as error:

@@ -10,6 +10,7 @@ from fedhn.app.checkpoint import check_restore
 from fedhn.app.config import RunConfig
 from fedhn.app.task import dataset, device, new_model, partitions
 from fedhn.app.tensorboard_log import TENSORBOARD_MISSING, tensorboard_available
+from fedhn.data import FolderImages, ImageData
 
 __all__ = ["run_problems"]
 
@@ -24,8 +25,13 @@ def run_problems(config: RunConfig, num_partitions: int = 0) -> list[str]:
         return [TENSORBOARD_MISSING]
     try:
         data = dataset(config)
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError) as error:
         return [f"dataset = {config.dataset!r}: {error}"]
+    if config.feature_shift != "none" and isinstance(data.x_train, FolderImages):
+        return [
+            f"feature-shift = {config.feature_shift!r} transforms images held in memory, but {config.dataset} is "
+            "streamed from disk; set stream-data = false (if it fits in memory) or feature-shift = none"
+        ]
     try:
         model = new_model(config).eval()
         with torch.no_grad():
@@ -37,8 +43,11 @@ def run_problems(config: RunConfig, num_partitions: int = 0) -> list[str]:
         check_restore(config, model)
     except (FileNotFoundError, ValueError) as error:
         return [str(error)]
-    if not num_partitions:
-        return []
+    return _partition_problems(config, data, num_partitions) if num_partitions else []
+
+
+def _partition_problems(config: RunConfig, data: ImageData, num_partitions: int) -> list[str]:
+    """The clients would get no data, too little for a local test split, or batch sizes larger than every partition."""
     examples = len(data.y_train)
     if num_partitions > examples:
         return [f"{num_partitions} clients but {config.dataset} has {examples} training examples; use fewer clients"]

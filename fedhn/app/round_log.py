@@ -1,7 +1,7 @@
 """The ServerApp's record of a run: after every round, the global model's central test accuracy
-(also once per feature-shift transformation), the round's line in ``metrics.jsonl`` (from the
-strategy's report of the round, with its federated evaluation), TensorBoard scalars (with
-``tensorboard``) and a checkpoint; ``model.pt`` at the end."""
+(also once per feature-shift transformation, and per domain for data with domains), the round's line in
+``metrics.jsonl`` (from the strategy's report of the round, with its federated evaluation), TensorBoard
+scalars (with ``tensorboard``) and a checkpoint; ``model.pt`` at the end."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch import nn
 from fedhn.app.checkpoint import save_checkpoint
 from fedhn.app.config import RunConfig
 from fedhn.app.results import RunRecorder, read_results
-from fedhn.app.task import feature_shift, test_data
+from fedhn.app.task import feature_shift, test_data, test_data_by_domain
 from fedhn.app.tensorboard_log import TensorBoardLog
 from fedhn.training import evaluate
 from strategies import RoundReport
@@ -38,8 +38,7 @@ class RoundLog:
 
     def __call__(self, server_round: int, arrays: ArrayRecord, report: RoundReport | None) -> MetricRecord:
         self.model.load_state_dict(arrays.to_torch_state_dict())
-        images, labels = test_data(self.config)
-        loss, accuracy = evaluate(self.model, images, labels, self.config.eval_batch_size)
+        loss, accuracy, by_domain = self._evaluate()
         if report is not None:
             record = {
                 "round": server_round,
@@ -51,7 +50,7 @@ class RoundLog:
                 "failures": report.dropped,
                 "wall_time": round(self.elapsed_before + time.monotonic() - self.started, 3),
             }
-            record |= self._shifted() | report.extra
+            record |= ({"test_accuracy_by_domain": by_domain} if by_domain else {}) | self._shifted() | report.extra
             if report.evaluation is not None:
                 record["client_evaluation"] = report.evaluation
             self.recorder.log_round(record)
@@ -72,6 +71,19 @@ class RoundLog:
             "shift_accuracy": {name: accuracy for name, (_, accuracy) in results.items()},
             "shift_loss": {name: loss for name, (loss, _) in results.items()},
         }
+
+    def _evaluate(self) -> tuple[float, float, dict[str, float]]:
+        """The global model's test loss and accuracy, and its accuracy on each domain's test set (the
+        whole set's figures are then the example-weighted combination of the domains')."""
+        domains = test_data_by_domain(self.config)
+        if not domains:
+            return *evaluate(self.model, *test_data(self.config), self.config.eval_batch_size), {}
+        results = {name: evaluate(self.model, *data, self.config.eval_batch_size) for name, data in domains.items()}
+        sizes = {name: len(labels) for name, (_, labels) in domains.items()}
+        total = sum(sizes.values())
+        loss = sum(results[name][0] * sizes[name] for name in domains) / total
+        correct = sum(round(results[name][1] * sizes[name]) for name in domains)
+        return loss, correct / total, {name: accuracy for name, (_, accuracy) in results.items()}
 
     def close(self) -> str:
         """Save the last global model as ``model.pt``; return the run's summary line."""

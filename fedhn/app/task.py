@@ -17,7 +17,17 @@ from fedhn.app.config import RunConfig
 from fedhn.app.schedule import renorm_limits
 from fedhn.clipping import AdaptiveClipping
 from fedhn.cohort import Client, FunctionalCohort, pack, train_packed, unpack
-from fedhn.data import DATASETS, ImageData, assign_batch_sizes, crop_flip, load_dataset, partition_indices
+from fedhn.data import (
+    DATASETS,
+    FolderImages,
+    FolderOptions,
+    ImageData,
+    assign_batch_sizes,
+    crop_flip,
+    domain_partition_indices,
+    load_dataset,
+    partition_indices,
+)
 from fedhn.data.feature_shift import FeatureShift, parse_feature_shift
 from fedhn.models import build_model
 from fedhn.norms import freeze_statistics, is_norm, set_renorm_limits
@@ -38,6 +48,7 @@ __all__ = [
     "norm_keys",
     "partitions",
     "test_data",
+    "test_data_by_domain",
     "client_training",
     "train_client",
     "train_packed_clients",
@@ -67,10 +78,10 @@ class ClientLayout:
 
 @dataclass(frozen=True)
 class ClientData:
-    """A client's normalized training images and labels (on the compute device), its batch size,
-    and its local test split (empty unless ``fraction-evaluate > 0``)."""
+    """A client's normalized training images and labels (on the compute device; streamed images are
+    read when trained on), its batch size, and its local test split (empty unless ``fraction-evaluate > 0``)."""
 
-    images: Tensor
+    images: Tensor | FolderImages
     labels: Tensor
     batch_size: int
     augment: Callable[[Tensor, torch.Generator], Tensor] | None
@@ -80,7 +91,10 @@ class ClientData:
 
 def dataset(config: RunConfig) -> ImageData:
     """The run's dataset (cached per process by :func:`fedhn.data.load_dataset`)."""
-    return load_dataset(config.dataset, config.data_dir)
+    folder = FolderOptions(
+        config.image_size, config.folder_test_fraction, config.seed, config.cache_dir, config.stream_data
+    )
+    return load_dataset(config.dataset, config.data_dir, folder)
 
 
 def _augmentation(config: RunConfig, data: ImageData) -> Callable[[Tensor, torch.Generator], Tensor] | None:
@@ -139,23 +153,35 @@ def client_data(config: RunConfig, partition_id: int, num_partitions: int) -> Cl
 @functools.lru_cache(maxsize=2)
 def partitions(config: RunConfig, num_partitions: int) -> list[np.ndarray]:
     """Training-example indices of every client, cached per process."""
-    return partition_indices(
-        dataset(config).y_train.numpy(),
-        num_partitions,
-        config.partitioner,
-        config.seed,
-        config.dirichlet_alpha,
-        config.classes_per_partition,
-    )
+    data = dataset(config)
+    labels = data.y_train.numpy()
+    split = dict(seed=config.seed, dirichlet_alpha=config.dirichlet_alpha)
+    split["classes_per_partition"] = config.classes_per_partition
+    if config.partitioner == "domain":
+        domains = None if data.d_train is None else data.d_train.numpy()
+        return domain_partition_indices(
+            labels, domains, data.domains, num_partitions, config.domain_partitioner, **split
+        )
+    return partition_indices(labels, num_partitions, config.partitioner, **split)
 
 
 @functools.lru_cache(maxsize=16)
-def test_data(config: RunConfig, shift: str | None = None) -> tuple[Tensor, Tensor]:
+def test_data(config: RunConfig, shift: str | None = None) -> tuple[Tensor | FolderImages, Tensor]:
     """The normalized test set on the compute device (through feature-shift transformation ``shift``
-    when given), cached per process."""
+    when given; streamed: read when evaluated), cached per process."""
     data = dataset(config)
     images = feature_shift(config).apply(shift, data.x_test, "test") if shift else data.x_test
     return data.normalized(images).to(device()), data.y_test.to(device())
+
+
+@functools.lru_cache(maxsize=2)
+def test_data_by_domain(config: RunConfig) -> dict[str, tuple[Tensor | FolderImages, Tensor]]:
+    """The central test set of each domain (an image folder's; empty for data of one domain), cached per process."""
+    data, (images, labels) = dataset(config), test_data(config)
+    if data.d_test is None or len(data.domains) < 2:
+        return {}
+    members = {name: (data.d_test == index).nonzero().flatten() for index, name in enumerate(data.domains)}
+    return {name: (images[index], labels[index]) for name, index in members.items()}
 
 
 def new_model(config: RunConfig) -> nn.Module:

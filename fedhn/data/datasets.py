@@ -1,4 +1,5 @@
-"""Image datasets as uint8 tensors: the embedded digits, torchvision's, or a local .npz."""
+"""Image datasets as uint8 tensors: the embedded digits, torchvision's, a local .npz, or an image
+folder (:mod:`fedhn.data.image_folder`, with domains, optionally streamed from disk)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,30 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ImageData", "DATASETS", "load_dataset"]
+from fedhn.data.image_folder import FolderOptions, load_image_folder
+from fedhn.data.images import FolderImages, channel_moments, normalize, read_batches
+
+__all__ = ["ImageData", "DATASETS", "FolderOptions", "is_folder_path", "load_dataset"]
 
 
 @dataclass(frozen=True)
 class ImageData:
-    """Train and test images (uint8, N x C x H x W) with int64 labels, and the train set's
-    per-channel mean and std (in [0, 1] units) for global normalization."""
+    """Train and test images (uint8, N x C x H x W, or image files read on demand when streamed)
+    with int64 labels, and the train set's per-channel mean and std (in [0, 1] units) for global
+    normalization. Image folders also name their classes and domains (``d_train``, ``d_test``: each
+    example's domain index) and bring their channel statistics (``stats``, of a seeded sample)."""
 
     name: str
-    x_train: Tensor
+    x_train: Tensor | FolderImages
     y_train: Tensor
-    x_test: Tensor
+    x_test: Tensor | FolderImages
     y_test: Tensor
     num_classes: int
+    classes: tuple[str, ...] = ()
+    domains: tuple[str, ...] = ()  # () for data of one domain
+    d_train: Tensor | None = None
+    d_test: Tensor | None = None
+    stats: tuple[Tensor, Tensor] | None = None
 
     @property
     def channels(self) -> int:
@@ -36,14 +47,20 @@ class ImageData:
 
     @functools.cached_property
     def channel_stats(self) -> tuple[Tensor, Tensor]:
-        """Per-channel mean and std of the training images, in [0, 1] units."""
-        pixels = self.x_train.transpose(0, 1).reshape(self.channels, -1).double() / 255
-        return pixels.mean(dim=1).float(), pixels.std(dim=1).float()
+        """Per-channel mean and std of the training images (``stats`` when given), in [0, 1] units."""
+        if self.stats is not None:
+            return self.stats
+        return channel_moments(read_batches(self.x_train, list(torch.arange(len(self.x_train)).split(4096))))
 
-    def normalized(self, images: Tensor) -> Tensor:
-        """Float32 images with the training set's channel mean and std removed."""
+    @property
+    def streamed(self) -> bool:
+        """Whether the images are files read on demand (:class:`FolderImages`) rather than tensors."""
+        return isinstance(self.x_train, FolderImages)
+
+    def normalized(self, images: Tensor | FolderImages) -> Tensor | FolderImages:
+        """Float32 images with the training set's channel mean and std removed (streamed: when read)."""
         mean, std = self.channel_stats
-        return (images.float() / 255 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+        return images.normalized(mean, std) if isinstance(images, FolderImages) else normalize(images, mean, std)
 
 
 def _from_arrays(name: str, x_train, y_train, x_test, y_test) -> ImageData:
@@ -115,10 +132,20 @@ DATASETS: dict[str, tuple[Callable[[Path], ImageData], str]] = {
 
 
 @functools.lru_cache(maxsize=4)
-def load_dataset(name: str, data_dir: str = "data") -> ImageData:
-    """Load a dataset by name (see :data:`DATASETS`) or from a ``.npz`` path; cached per process."""
+def load_dataset(name: str, data_dir: str = "data", folder: FolderOptions | None = None) -> ImageData:
+    """Load a dataset by name (see :data:`DATASETS`), from a ``.npz`` path, or from an image folder
+    (any other path, read with ``folder``, default :class:`FolderOptions`); cached per process."""
     if name in DATASETS:
         return DATASETS[name][0](Path(data_dir))
     if name.endswith(".npz"):
         return _npz(Path(name))
-    raise ValueError(f"Unknown dataset {name!r}: use {', '.join(DATASETS)} or a path to a .npz")
+    if is_folder_path(name):
+        return load_image_folder(Path(name).expanduser(), folder or FolderOptions())
+    raise ValueError(
+        f"Unknown dataset {name!r}: use {', '.join(DATASETS)}, a path to a .npz or the path of an image folder"
+    )
+
+
+def is_folder_path(name: str) -> bool:
+    """Whether a ``dataset`` value names an image folder: a path (with a ``/``) that is no ``.npz``."""
+    return "/" in name and not name.endswith(".npz")

@@ -6,7 +6,7 @@ import numpy as np
 from datasets import Dataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner, PathologicalPartitioner
 
-__all__ = ["partition_indices", "assign_batch_sizes"]
+__all__ = ["partition_indices", "domain_partition_indices", "assign_batch_sizes"]
 
 
 def partition_indices(
@@ -45,9 +45,50 @@ def partition_indices(
             seed=seed,
         )
     else:
-        raise ValueError(f"Unknown partitioner {partitioner!r}: use iid, dirichlet or pathological")
+        raise ValueError(f"Unknown partitioner {partitioner!r}: use iid, dirichlet or pathological (or domain)")
     splitter.dataset = dataset
     return [np.asarray(splitter.load_partition(i)["index"], dtype=np.int64) for i in range(num_partitions)]
+
+
+def domain_partition_indices(
+    labels: np.ndarray,
+    domains: np.ndarray | None,
+    domain_names: tuple[str, ...],
+    num_partitions: int,
+    within: str = "iid",
+    **label_split: float,
+) -> list[np.ndarray]:
+    """Index sets of the training examples of each client when each client holds one domain.
+
+    With D domains and K clients (K a multiple of D), clients d*K/D .. (d+1)*K/D - 1 hold domain d
+    (in the order of ``domain_names``), its examples split among them by the label partitioner
+    ``within`` (:func:`partition_indices` with ``label_split``: seed, dirichlet_alpha, classes_per_partition).
+
+    Raises:
+        ValueError: the data has no domains, the clients do not divide among the domains, or ``within`` fails.
+    """
+    if domains is None or not domain_names:
+        raise ValueError(
+            "each client holding one domain needs data with domains (an image folder root/<domain>/<class>/*.jpg); "
+            "this dataset has one domain: use partitioner iid, dirichlet or pathological"
+        )
+    count = len(domain_names)
+    if num_partitions % count:
+        fits = sorted({count * max(1, num_partitions // count), count * (num_partitions // count + 1)})
+        raise ValueError(
+            f"{num_partitions} clients do not divide among the {count} domains "
+            f"({', '.join(domain_names)}); use a multiple of {count} clients "
+            f"(num-supernodes x clients-per-node), e.g. {' or '.join(map(str, fits))}"
+        )
+    parts = []
+    for domain in range(count):
+        members = np.flatnonzero(np.asarray(domains) == domain)
+        try:
+            split = partition_indices(np.asarray(labels)[members], num_partitions // count, within, **label_split)
+        except ValueError as error:
+            raise ValueError(f"domain {domain_names[domain]!r}: {error}") from None
+        parts.extend(members[part] for part in split)
+    return parts
 
 
 def assign_batch_sizes(num_partitions: int, sizes: tuple[int, ...], mode: str = "cycle", seed: int = 0) -> list[int]:

@@ -17,6 +17,7 @@ from fedhn.app.config import ConfigError, RunConfig, load_app_defaults
 from fedhn.app.preflight import run_problems
 from fedhn.app.results import METRICS_FILE, RunResults, read_results
 from fedhn.app.task import ClientLayout
+from fedhn.data import is_folder_path
 from fedhn.launch.report import write_report
 from fedhn.launch.superlink import FlowerConnection, FlowerError, LocalSuperLink
 
@@ -93,8 +94,11 @@ def plan_runs(
             f"(got {federation.num_supernodes}, {federation.cpus_per_client}, {federation.gpus_per_client})"
         )
     base = load_app_defaults(app_dir) | overrides
-    if str(base.get("dataset", "")).endswith(".npz"):
-        base["dataset"] = str(Path(base["dataset"]).expanduser().resolve())
+    dataset = str(base.get("dataset", ""))
+    if dataset.endswith(".npz") or is_folder_path(dataset):
+        base["dataset"] = str(Path(dataset).expanduser().resolve())
+    if base.get("cache-dir"):
+        base["cache-dir"] = str(Path(str(base["cache-dir"])).expanduser().resolve())
     base["data-dir"] = str(Path(str(base.get("data-dir", "data"))).expanduser().resolve())
     plans, problems = {}, []
     for norm in norms:

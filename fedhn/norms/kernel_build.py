@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from fedhn.cache import user_cache_dir
 from fedhn.norms.fused_kernel import SOURCE
 
 __all__ = ["Kernel", "SCALARS", "load"]
@@ -95,7 +96,7 @@ def load(dtype: torch.dtype) -> Kernel | None:
         return None
     command = [compiler, *_FLAGS, f"-DSCALAR={scalar}"]
     key = hashlib.sha256((SOURCE + " ".join(command)).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fedhn"
+    cache = user_cache_dir()
     path = cache / f"fused_norm_{scalar}_{key}.so"
     try:
         if not path.exists():

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedhn.app.client_store import ClientStore
+from fedhn.app.client_store import ClientStore, store_directory
 from fedhn.app.config import RunConfig
 from fedhn.app.federated_calibration import node_sums
 from fedhn.app.node import reply_content, train_node
@@ -63,14 +63,15 @@ def train(msg: Message, context: Context) -> Message:
     config = run_config(context.run_config)
     train_config = msg.content["config"]
     state = msg.content["arrays"].to_torch_state_dict()
+    server_round = int(train_config["server-round"])
     node_round = train_node(
         config,
         state,
         [int(client) for client in train_config[CLIENTS]],
         _layout(context).clients,
-        int(train_config["server-round"]),
+        server_round,
         float(train_config["lr"]),  # the server owns the schedule
-        ClientStore(context.state),
+        ClientStore(context.state, store_directory(context.node_config, train_config), server_round),
     )
     if node_round.hang:
         time.sleep(config.round_timeout + 1)  # the reply arrives after the server stopped waiting

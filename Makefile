@@ -34,7 +34,7 @@ compose-plugin: $(COMPOSE_BINARY)
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The soak tests (tests/test_soak.py: 1,000 clients, 100 rounds, faults, a SIGKILL and a resume; ~?? min).
+# The soak tests (tests/test_soak.py: 1,000 clients, 100 rounds, faults, a SIGKILL and a resume; not in CI).
 soak: install
 	$(BIN)/python -m pytest -m soak -s tests/test_soak.py $(PYTEST_ARGS)
 

@@ -16,9 +16,10 @@ pytestmark = pytest.mark.simulation
 PROJECT = Path(__file__).resolve().parent.parent
 FEDERATION = {"num-supernodes": 3}
 CONFIG = {
-    "num-server-rounds": 4,
+    "num-server-rounds": 3,
     "fraction-train": 0.67,
     "batch-sizes": "4,8,16",
+    "model": "mlp",
     "norm": "bn",
     "stats-aggregation": "local",
     "seed": 3,
@@ -42,9 +43,10 @@ def _submit(superlink: LocalSuperLink, tmp_path: Path, name: str, **extra) -> in
 
 def test_a_killed_and_resumed_fedbn_run_equals_the_uninterrupted_one(tmp_path):
     with LocalSuperLink(workdir=tmp_path) as superlink:
-        assert superlink.wait(_submit(superlink, tmp_path, "whole"))["status"] == "finished:completed"
+        run_id = _submit(superlink, tmp_path, "whole")
+        assert superlink.wait(run_id)["status"] == "finished:completed", superlink.log(run_id)[-4000:]
     whole = _rounds(tmp_path / "whole")
-    assert [r["round"] for r in whole] == [1, 2, 3, 4] and all(r["clients"] == 2 for r in whole)
+    assert [r["round"] for r in whole] == [1, 2, 3] and all(r["clients"] == 2 for r in whole)
     # every client that trained kept its norm layers on disk, at most two versions each
     folders = list((tmp_path / "whole" / "client-state" / "local-norms").iterdir())
     assert folders and all(1 <= len(list(folder.glob("round-*.pt"))) <= 2 for folder in folders)
@@ -54,15 +56,16 @@ def test_a_killed_and_resumed_fedbn_run_equals_the_uninterrupted_one(tmp_path):
     try:
         _submit(superlink, tmp_path, "killed")
         deadline = time.monotonic() + 600
-        while len(_rounds(tmp_path / "killed")) < 2:
-            assert time.monotonic() < deadline, "two rounds did not finish in 600 s"
+        while not _rounds(tmp_path / "killed"):
+            assert time.monotonic() < deadline, "round 1 did not finish in 600 s"
             time.sleep(0.2)
         for group in superlink.process_groups():  # the crash: ServerApp, Ray and SuperLink die at once
             os.killpg(group, signal.SIGKILL)
         superlink.process.kill()
     finally:
         superlink.stop()
-    assert 2 <= len(_rounds(tmp_path / "killed")) < 4
+    assert 1 <= len(_rounds(tmp_path / "killed")) < 3
     with LocalSuperLink(workdir=tmp_path) as superlink:
-        assert superlink.wait(_submit(superlink, tmp_path, "killed", resume=True))["status"] == "finished:completed"
+        run_id = _submit(superlink, tmp_path, "killed", resume=True)
+        assert superlink.wait(run_id)["status"] == "finished:completed", superlink.log(run_id)[-4000:]
     assert _without_time(_rounds(tmp_path / "killed")) == _without_time(whole)

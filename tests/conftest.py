@@ -10,6 +10,16 @@ from fedhn.app.config import load_app_defaults
 PROJECT = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Soak tests run only when selected by marker (``-m soak``, what ``make soak`` does)."""
+    if "soak" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="soak test: run it with make soak (pytest -m soak -s)")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def defaults() -> dict:
     """The run-config defaults of the project's pyproject.toml."""

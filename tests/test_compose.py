@@ -90,10 +90,13 @@ def test_every_supernode_has_its_own_partition_and_its_own_superexec():
     for index, name in enumerate(supernodes):
         args = argv(services[name])
         assert args[0] == "flower-supernode" and option(args, "--isolation") == "process"
-        assert option(args, "--node-config") == f"partition-id={index} num-partitions={len(supernodes)}"
+        config = f"partition-id={index} num-partitions={len(supernodes)} state-dir='/app/state'"
+        assert option(args, "--node-config") == config
         assert option(args, "--superlink") == "superlink:8000"
         superexec = argv(services[f"superexec-clientapp-{index}"])
         assert option(superexec, "--runtime-api-address") == f"{name}:{option(args, '--port')}"
+        volumes = {volume["target"]: volume for volume in services[f"superexec-clientapp-{index}"]["volumes"]}
+        assert (volumes["/app/state"]["type"], volumes["/app/state"]["source"]) == ("volume", f"client-state-{index}")
 
 
 def test_the_serverapp_superexec_writes_results_to_a_volume():

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedhn.app.client_store import NODE_STATE_DIR
 from fedhn.launch.processes import Process, spawn, stop
 from fedhn.launch.superlink import (
     Certificates,
@@ -28,7 +29,7 @@ from fedhn.launch.superlink import (
     superlink_ready,
 )
 
-__all__ = ["CONNECTION", "Deployment", "NodeKeys", "make_certificates", "make_node_keys", "start"]
+__all__ = ["CONNECTION", "Deployment", "NodeKeys", "make_certificates", "make_node_keys", "node_config", "start"]
 
 CONNECTION = "fedhn-deploy"
 SERVER_PROCESSES = ("superlink", "superexec-serverapp")
@@ -155,7 +156,7 @@ class Deployment:
             roles["superlink"] += f"; database {self.database}"
         roles["superexec-serverapp"] = f"runs the ServerApp, connected to {self.address}"
         for index, port in enumerate(self.node_ports):
-            config = f"partition-id={index} num-partitions={len(self.node_ports)}"
+            config = node_config(index, len(self.node_ports), self.state_dir)
             roles[f"supernode-{index}"] = f"127.0.0.1:{port}: Runtime API for its SuperExec; {config}"
             if self.node_keys:
                 roles[f"supernode-{index}"] += f"; key {self.node_keys.private(index).name}"
@@ -196,6 +197,12 @@ class _DeploymentConnection(FlowerConnection):
                 raise
 
 
+def node_config(index: int, nodes: int, state_dir: Path) -> str:
+    """SuperNode ``index``'s node config: its partition, and the directory where its clients keep
+    their own state (FedBN's norm layers, :mod:`fedhn.app.client_store`): ``STATE_DIR/client-state-<index>``."""
+    return f"partition-id={index} num-partitions={nodes} {NODE_STATE_DIR}='{state_dir / f'client-state-{index}'}'"
+
+
 def start(
     state_dir: Path,
     nodes: int,
@@ -210,7 +217,7 @@ def start(
 
     Args:
         state_dir: where the processes' logs and FLWR_HOMEs, and ``deployment.json``, go.
-        nodes: the number of SuperNodes; SuperNode i gets ``partition-id=i num-partitions=nodes``.
+        nodes: the number of SuperNodes; SuperNode i gets the node config of :func:`node_config`.
         port: the SuperLink's port (a free one by default); SuperNodes get free ports.
         certificates: TLS for the SuperLink's port (Fleet, Control, Runtime APIs), or None.
         workdir: working directory of every process: relative run-config paths resolve against it.
@@ -274,7 +281,7 @@ def _launch(deployment: Deployment, workdir: Path, timeout: float) -> None:
     launch("superexec-serverapp", *superexec, deployment.address, *security)
     for index, node_port in enumerate(deployment.node_ports):
         node = ["--superlink", deployment.address, *security, "--isolation", "process"]
-        node += ["--node-config", f"partition-id={index} num-partitions={nodes}"]
+        node += ["--node-config", node_config(index, nodes, deployment.state_dir)]
         node += ["--auth-supernode-private-key", str(keys.private(index))] if keys else []
         launch(
             f"supernode-{index}", flower_bin("flower-supernode"), *node, "--host", "127.0.0.1", "--port", str(node_port)

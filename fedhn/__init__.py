@@ -1,5 +1,18 @@
 """fedhn: Heterologous Normalization and its family for federated learning on Flower."""
 
-from importlib.metadata import version
+import tomllib
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
-__version__ = version("fedhn")
+
+def _version() -> str:
+    """The installed fedhn's version; else, run from a FAB (as a deployment's SuperExecs run it,
+    without installing it), the version in the app's pyproject.toml beside the package."""
+    try:
+        return version("fedhn")
+    except PackageNotFoundError:
+        with open(Path(__file__).resolve().parent.parent / "pyproject.toml", "rb") as file:
+            return tomllib.load(file)["project"]["version"]
+
+
+__version__ = _version()

@@ -33,7 +33,7 @@ def main(grid: Grid, context: Context) -> None:
     torch.manual_seed(config.seed)
     model = new_model(config)
     first_round = restore(config, model)
-    nodes = PartitionDirectory(config.clients_per_node)
+    nodes = PartitionDirectory(config.clients_per_node, timeout=config.round_timeout)
     strategy = StatsFedAvg(
         stats_aggregation=config.stats_aggregation,
         round_config=lambda server_round: {"lr": round_lr(config, server_round)},

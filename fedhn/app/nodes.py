@@ -20,7 +20,9 @@ _UNKNOWN = 1 << 62  # sorts nodes that did not answer last
 
 
 class PartitionDirectory:
-    """node id -> partition id, learned by asking each node once, and the clients each node hosts."""
+    """node id -> partition id, learned by asking each node once (waiting up to ``timeout`` s for the
+    answers: the ServerApp gives it the round timeout, since a node's first answer includes starting
+    its ClientApp), and the clients each node hosts."""
 
     def __init__(self, clients_per_node: int = 1, timeout: float = 60.0) -> None:
         self.clients_per_node = clients_per_node

@@ -105,6 +105,7 @@ class StatsFedAvg(FedAvg):
         self.last_round = RoundReport(0)
         self._reference: dict[str, np.ndarray] = {}
         self._sent: dict[int, list[int]] = {}  # node -> the clients of this round's message to it
+        self._messages: list[Message] = []  # this round's train messages
 
     def start(
         self,
@@ -146,6 +147,7 @@ class StatsFedAvg(FedAvg):
                 {self.arrayrecord_key: arrays, self.configrecord_key: ConfigRecord({**config, CLIENTS: clients})}
             )
             messages += self._construct_messages(record, [node], MessageType.TRAIN)
+        self._messages = messages
         return messages
 
     def _sample(self, grid: Grid, rng: random.Random) -> dict[int, list[int]]:
@@ -214,8 +216,12 @@ class StatsFedAvg(FedAvg):
         updates: dict[int, tuple[dict[str, np.ndarray] | None, MetricRecord]] = {}
         partials: list[tuple[int, Partial]] = []
         replied = set()
+        # The grid gives each message its id when it pushes it. A reply the SuperLink made itself (e.g.
+        # "Node Unavailable" for a node that stopped sending heartbeats) comes from the SuperLink's node
+        # id: it is the node's by the message it replies to.
+        node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in self._messages if m.metadata.message_id}
         for message in replies:
-            node = message.metadata.src_node_id
+            node = node_of.get(message.metadata.reply_to_message_id, message.metadata.src_node_id)
             clients = self._sent.get(node, [])
             replied.add(node)
             if message.has_error():

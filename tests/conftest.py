@@ -25,3 +25,21 @@ def tiny_npz(tmp_path) -> Path:
     path = tmp_path / "tiny.npz"
     np.savez(path, x_train=images[:96], y_train=labels[:96], x_test=images[96:], y_test=labels[96:])
     return path
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--docker",
+        action="store_true",
+        help="run the tests marked docker (build the app image, start containers; minutes): make test-docker",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked docker run only with --docker: they are not part of `make test` (nor CI)."""
+    if config.getoption("--docker"):
+        return
+    skip = pytest.mark.skip(reason="a Docker engine test: run it with `make test-docker` (pytest --docker)")
+    for item in items:
+        if item.get_closest_marker("docker"):
+            item.add_marker(skip)

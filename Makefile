@@ -48,10 +48,12 @@ compare: install
 # DOCKER_BUILD_ARGS= it builds on Flower's flwr/superexec image with CPU PyTorch instead.
 DOCKER_BUILD_ARGS ?= BASE_IMAGE=flower-on-debian DEBIAN_IMAGE=fedhn-debian:bookworm TORCH_INDEX_URL=
 DOCKER_BASE_IMAGE = $(patsubst DEBIAN_IMAGE=%,%,$(filter DEBIAN_IMAGE=%,$(DOCKER_BUILD_ARGS)))
+# A dockerd that `start` started is stopped when the recipe ends, also on Ctrl-C, SIGTERM or SIGHUP.
 define with-docker-engine
 	@engine=$$(scripts/docker-engine.sh start) || exit 1; for setting in $$engine; do export "$$setting"; done; \
-	status=0; $(1) || status=$$?; \
-	case "$$engine" in *FEDHN_DOCKERD_PID=*) scripts/docker-engine.sh stop ;; esac; exit $$status
+	case "$$engine" in *FEDHN_DOCKERD_PID=*) trap 'scripts/docker-engine.sh stop' EXIT ;; esac; \
+	trap 'exit 130' INT; trap 'exit 143' TERM; trap 'exit 129' HUP; \
+	$(1)
 endef
 
 docker-demo: install

@@ -78,10 +78,6 @@ class Compose:
         """Everything the service's containers printed so far."""
         return self("logs", "--no-log-prefix", service).stdout
 
-    def containers(self) -> list[str]:
-        """IDs of the project's containers, running or not."""
-        return self("ps", "--all", "--quiet").stdout.split()
-
     def resources(self) -> list[str]:
         """The project's containers, networks and volumes that exist (by their compose label)."""
         label = f"label=com.docker.compose.project={self.project}"

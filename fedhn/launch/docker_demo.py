@@ -25,9 +25,10 @@ import tomli_w
 
 from fedhn.launch.compose import Compose, ComposeError, pip_cert
 from fedhn.launch.deploy import make_certificates
+from fedhn.launch.signals import Stopped, stopped_by_signals
 from fedhn.launch.superlink import FlowerConnection, FlowerError, free_port
 
-__all__ = ["DemoResult", "demo_compose", "main", "run_demo"]
+__all__ = ["DemoResult", "main", "run_demo"]
 
 CONNECTION = "fedhn-docker"
 PROJECT = "fedhn-demo"
@@ -77,7 +78,7 @@ class DemoResult:
         )
 
 
-def demo_compose(app_dir: Path, work_dir: Path, port: int) -> Compose:
+def _demo_compose(app_dir: Path, work_dir: Path, port: int) -> Compose:
     """The demo's compose project: certificates (made with scripts/make-certs.sh) and an empty data
     directory in ``work_dir``, the SuperLink on 127.0.0.1:``port``, the CA bundle pip trusts for the
     image build."""
@@ -101,7 +102,7 @@ def run_demo(app_dir: Path, work_dir: Path, build_args: list[str], echo: Callabl
     and remove the deployment (also when something fails)."""
     app_dir, work_dir = app_dir.resolve(), work_dir.resolve()
     port = free_port()
-    compose = demo_compose(app_dir, work_dir, port)
+    compose = _demo_compose(app_dir, work_dir, port)
     echo(f"Docker engine {compose.engine()}")
     started = time.monotonic()
     compose("build", *[arg for build_arg in build_args for arg in ("--build-arg", build_arg)], "superlink")
@@ -202,10 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE", help="Dockerfile argument")
     args = parser.parse_args(argv)
     try:
-        result = run_demo(args.app_dir, args.work_dir, args.build_arg)
+        with stopped_by_signals():  # SIGTERM, SIGINT, SIGHUP: the deployment is removed on the way out
+            result = run_demo(args.app_dir, args.work_dir, args.build_arg)
     except (ComposeError, FlowerError) as error:
         print(f"docker demo FAILED: {error}", file=sys.stderr)
         return 1
+    except Stopped as stop:
+        print(f"docker demo {stop}: its containers, network and volumes are removed", file=sys.stderr)
+        return stop.exit_code
     for line in result.rounds:
         print(json.dumps({key: line[key] for key in ("round", "test_accuracy", "clients", "failed", "failures")}))
     print(f"results: {result.results} ({', '.join(sorted(p.name for p in result.results.iterdir()))})")

@@ -13,7 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedhn.app.checkpoint import restore
 from fedhn.app.config import ConfigError, RunConfig
 from fedhn.app.federated_calibration import FederatedCalibration
-from fedhn.app.nodes import PartitionDirectory, error_summary
+from fedhn.app.nodes import QUERY_TIMEOUT, PartitionDirectory, error_summary
 from fedhn.app.preflight import run_problems
 from fedhn.app.results import with_output_dir
 from fedhn.app.round_log import RoundLog
@@ -33,7 +33,7 @@ def main(grid: Grid, context: Context) -> None:
     torch.manual_seed(config.seed)
     model = new_model(config)
     first_round = restore(config, model)
-    nodes = PartitionDirectory(config.clients_per_node, timeout=config.round_timeout)
+    nodes = PartitionDirectory(config.clients_per_node, timeout=max(QUERY_TIMEOUT, config.round_timeout))
     strategy = StatsFedAvg(
         stats_aggregation=config.stats_aggregation,
         round_config=lambda server_round: {"lr": round_lr(config, server_round)},

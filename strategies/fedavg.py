@@ -117,6 +117,7 @@ class StatsFedAvg(FedAvg):
         self._reference: dict[str, np.ndarray] = {}
         self._sent: dict[int, list[int]] = {}  # node -> the clients of this round's train message to it
         self._evaluated: dict[int, list[int]] = {}  # node -> the clients of this round's evaluate message to it
+        self._pushed: list[Message] = []  # the messages of the latest configure step (train, evaluate)
 
     def start(
         self,
@@ -181,6 +182,7 @@ class StatsFedAvg(FedAvg):
                 {self.arrayrecord_key: arrays, self.configrecord_key: ConfigRecord({**config, CLIENTS: clients})}
             )
             messages += self._construct_messages(record, [node], message_type)
+        self._pushed = messages
         return messages
 
     def _sample(self, grid: Grid, rng: random.Random, fraction: float, minimum: int) -> dict[int, list[int]]:
@@ -276,8 +278,12 @@ class StatsFedAvg(FedAvg):
         """(node, the clients it was sent, reply content) of every node that replied without an
         error; the clients of a node that failed or did not reply go into ``dropped`` with the reason."""
         replied = set()
+        # The grid gives each message its id when it pushes it. A reply the SuperLink made itself (e.g.
+        # "Node Unavailable" for a node that stopped sending heartbeats) comes from the SuperLink's node
+        # id: it is the node's by the message it replies to.
+        node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in self._pushed if m.metadata.message_id}
         for message in replies:
-            node = message.metadata.src_node_id
+            node = node_of.get(message.metadata.reply_to_message_id, message.metadata.src_node_id)
             replied.add(node)
             if message.has_error():
                 reason = f"error: {self.error_summary(message.error.reason)}"

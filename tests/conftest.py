@@ -10,16 +10,6 @@ from fedhn.app.config import load_app_defaults
 PROJECT = Path(__file__).resolve().parent.parent
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Soak tests run only when selected by marker (``-m soak``, what ``make soak`` does)."""
-    if "soak" in (config.getoption("markexpr") or ""):
-        return
-    skip = pytest.mark.skip(reason="soak test: run it with make soak (pytest -m soak -s)")
-    for item in items:
-        if "soak" in item.keywords:
-            item.add_marker(skip)
-
-
 @pytest.fixture
 def defaults() -> dict:
     """The run-config defaults of the project's pyproject.toml."""
@@ -66,3 +56,27 @@ def write_image_folder(
                 else:
                     write_png(image, str(folder / f"{i}.png"))
     return root
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--docker",
+        action="store_true",
+        help="run the tests marked docker (build the app image, start containers; minutes): make test-docker",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked soak run only when selected by marker (``-m soak``: ``make soak``), tests marked docker
+    only with ``--docker`` (``make test-docker``): neither is part of ``make test`` (nor CI)."""
+    skips = {}
+    if "soak" not in (config.getoption("markexpr") or ""):
+        skips["soak"] = pytest.mark.skip(reason="soak test: run it with make soak (pytest -m soak -s)")
+    if not config.getoption("--docker"):
+        skips["docker"] = pytest.mark.skip(
+            reason="a Docker engine test: run it with `make test-docker` (pytest --docker)"
+        )
+    for item in items:
+        for marker, skip in skips.items():
+            if item.get_closest_marker(marker):
+                item.add_marker(skip)

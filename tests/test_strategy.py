@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
 from strategies import RoundFailedError, StatsFedAvg, aggregate_states
@@ -161,3 +162,21 @@ def test_seeded_sampling_is_reproducible_and_leaves_the_global_random_state_alon
     assert random.getstate() == before
     assert len(first) == 3 and first == sampled(0, 1)
     assert {tuple(sampled(0, r)) for r in range(1, 6)} != {tuple(first)}  # rounds draw differently
+
+
+def test_an_error_reply_from_the_superlink_is_the_dead_nodes_with_flowers_reason():
+    """A SuperLink answers for a node that stopped sending heartbeats with an error reply of its
+    own (sender: the SuperLink): the node's clients are dropped with that reason, not as timed out."""
+    strategy = StatsFedAvg(min_train_nodes=1)
+    grid = FakeGrid(2)
+    grid.nodes = [SUPERLINK_NODE_ID + 10, SUPERLINK_NODE_ID + 11]
+    arrays = ArrayRecord({key: Array(value) for key, value in GLOBAL.items()})
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord(), grid))
+    for message in messages:  # what the grid does when it pushes them
+        message.metadata.__dict__["_message_id"] = message.object_id
+    unavailable = Message(Error(code=5, reason="Error: Node Unavailable"), reply_to=messages[1])
+    unavailable.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID  # as Flower makes it
+    strategy.aggregate_train(1, [_reply(messages[0], _state(0), {"num-examples": 5}), unavailable])
+    (client,) = messages[1].content["config"]["clients"]
+    node = messages[1].metadata.dst_node_id
+    assert strategy.last_round.dropped == {f"client {client} (node {node})": "error: Error: Node Unavailable"}

@@ -14,15 +14,18 @@ from flwr.serverapp import Grid
 
 from fedhn.app.task import ClientLayout
 
-__all__ = ["PartitionDirectory", "error_summary"]
+__all__ = ["QUERY_TIMEOUT", "PartitionDirectory", "error_summary"]
 
 _UNKNOWN = 1 << 62  # sorts nodes that did not answer last
+QUERY_TIMEOUT = 60.0  # the least time nodes get to answer the partition query
 
 
 class PartitionDirectory:
-    """node id -> partition id, learned by asking each node once, and the clients each node hosts."""
+    """node id -> partition id, learned by asking each node once (waiting up to ``timeout`` s for the
+    answers: the ServerApp gives it the round timeout if longer than :data:`QUERY_TIMEOUT`, since a
+    node's first answer includes starting its ClientApp), and the clients each node hosts."""
 
-    def __init__(self, clients_per_node: int = 1, timeout: float = 60.0) -> None:
+    def __init__(self, clients_per_node: int = 1, timeout: float = QUERY_TIMEOUT) -> None:
         self.clients_per_node = clients_per_node
         self.timeout = timeout
         self.partition_of: dict[int, int] = {}

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+import fedhn
 from fedhn.app.config import RunConfig
 
 __all__ = [
@@ -34,8 +35,8 @@ CONFIG_FILE, METRICS_FILE, MODEL_FILE = "config.json", "metrics.jsonl", "model.p
 
 def package_versions() -> dict[str, str]:
     """Versions of the packages that decide a run's numbers."""
-    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for package in ("fedhn", "torch", "torchvision", "flwr", "numpy", "ray"):
+    versions = {"python": sys.version.split()[0], "platform": platform.platform(), "fedhn": fedhn.__version__}
+    for package in ("torch", "torchvision", "flwr", "numpy", "ray"):
         try:
             versions[package] = version(package)
         except PackageNotFoundError:

@@ -28,7 +28,7 @@ import torch
 from fedhn.data import crop_flip, load_dataset
 from fedhn.models import build_model
 from fedhn.seeding import torch_generator
-from fedhn.training import client_lr, evaluate, train
+from fedhn.training import client_lr, epoch_batches, evaluate, train
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "docs" / "results" / "central"
@@ -51,7 +51,7 @@ def train_run(model_name: str, data_path: Path, norm: str, batch_size: int, seed
     generator = torch_generator("central", seed)
     mean, std = data.channel_stats
     black = -mean / std
-    steps_per_epoch = math.ceil(len(images) / batch_size)
+    steps_per_epoch = len(epoch_batches(len(images), batch_size, torch.Generator()))  # the same every epoch
     total = steps_per_epoch * epochs
     accuracy: list[float] = []
     step = 0
@@ -78,8 +78,6 @@ def train_run(model_name: str, data_path: Path, norm: str, batch_size: int, seed
         after_step=after_step,
         lr_factor=lambda t: 0.5 * (1 + math.cos(math.pi * t / total)),
     )
-    if len(accuracy) < epochs:  # the last epoch had fewer steps (a merged single-example batch)
-        accuracy.append(evaluate(model, test_images, test_labels)[1])
     return {
         "model": model_name,
         "data": data_path.name,

@@ -11,6 +11,16 @@ PROJECT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
+def task_identity():
+    """Flower's task identity as a ClientApp sees it (messages and records built outside Flower need one)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
+
+
+@pytest.fixture
 def defaults() -> dict:
     """The run-config defaults of the project's pyproject.toml."""
     return load_app_defaults(PROJECT)

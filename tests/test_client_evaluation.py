@@ -5,7 +5,6 @@ strategy's evaluate round over packed nodes."""
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedhn.app import task
 from fedhn.app.client_evaluation import evaluate_node
@@ -24,11 +23,7 @@ def _config(defaults, tiny_npz, **overrides) -> RunConfig:
     return RunConfig.from_mapping(defaults | values | {k.replace("_", "-"): v for k, v in overrides.items()})
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _rows(images: torch.Tensor) -> set[bytes]:

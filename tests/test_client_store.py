@@ -7,7 +7,6 @@ import pytest
 import torch
 from flwr.app import RecordDict
 from flwr.common.config import parse_config_args
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedhn.app.client_store import ClientStore, client_state_dir, drop_versions_after, store_directory
 from fedhn.app.config import RunConfig
@@ -15,12 +14,7 @@ from fedhn.app.node import LOCAL_NORMS, train_node
 from fedhn.app.task import new_model
 from fedhn.launch.deploy import node_config
 
-
-@pytest.fixture(autouse=True)
-def _task_identity():
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _versions(directory: Path, client: int) -> list[int]:

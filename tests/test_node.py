@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedhn.app.client_store import ClientStore
 from fedhn.app.config import RunConfig
@@ -20,11 +19,7 @@ def _config(defaults, tiny_npz, **overrides) -> RunConfig:
     return RunConfig.from_mapping(defaults | values | {k.replace("_", "-"): v for k, v in overrides.items()})
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _global(config):

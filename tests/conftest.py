@@ -1,5 +1,7 @@
 """Shared fixtures."""
 
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +10,14 @@ import pytest
 from fedhn.app.config import load_app_defaults
 
 PROJECT = Path(__file__).resolve().parent.parent
+
+
+def crash(superlink) -> None:
+    """Kill a :class:`fedhn.launch.superlink.LocalSuperLink`'s run as a crash would: SIGKILL to every process
+    group it started (ServerApp, Ray) and to the SuperLink, at once."""
+    for group in superlink.process_groups():
+        os.killpg(group, signal.SIGKILL)
+    superlink.process.kill()
 
 
 @pytest.fixture

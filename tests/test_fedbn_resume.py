@@ -2,8 +2,6 @@
 killed with SIGKILL and resumed continues exactly as the uninterrupted run."""
 
 import json
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import pytest
 import tomli_w
 
 from fedhn.launch.superlink import LocalSuperLink
+from tests.conftest import crash
 
 pytestmark = pytest.mark.simulation
 PROJECT = Path(__file__).resolve().parent.parent
@@ -59,9 +58,7 @@ def test_a_killed_and_resumed_fedbn_run_equals_the_uninterrupted_one(tmp_path):
         while not _rounds(tmp_path / "killed"):
             assert time.monotonic() < deadline, "round 1 did not finish in 600 s"
             time.sleep(0.2)
-        for group in superlink.process_groups():  # the crash: ServerApp, Ray and SuperLink die at once
-            os.killpg(group, signal.SIGKILL)
-        superlink.process.kill()
+        crash(superlink)  # ServerApp, Ray and SuperLink die at once
     finally:
         superlink.stop()
     assert 1 <= len(_rounds(tmp_path / "killed")) < 3

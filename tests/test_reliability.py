@@ -1,8 +1,6 @@
 """Reliability end to end: resume after SIGKILL, identical results for identical seeds, client faults."""
 
 import json
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import tomli_w
 
 from fedhn.app.faults import draw_fault
 from fedhn.launch.superlink import LocalSuperLink
+from tests.conftest import crash
 
 pytestmark = pytest.mark.simulation
 PROJECT = Path(__file__).resolve().parent.parent
@@ -53,9 +52,7 @@ def test_resumed_and_repeated_runs_give_identical_metrics(tmp_path):
         while len(_rounds(tmp_path / "killed")) < 2:
             assert time.monotonic() < deadline, "two rounds did not finish in 180 s"
             time.sleep(0.2)
-        for group in superlink.process_groups():  # the crash: ServerApp, Ray and SuperLink die at once
-            os.killpg(group, signal.SIGKILL)
-        superlink.process.kill()
+        crash(superlink)  # ServerApp, Ray and SuperLink die at once
     finally:
         superlink.stop()
     assert 2 <= len(_rounds(tmp_path / "killed")) < 4

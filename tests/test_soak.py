@@ -13,9 +13,7 @@ Not part of ``make test``: run with ``make soak`` (``pytest -m soak -s``, which 
 """
 
 import json
-import os
 import random
-import signal
 import threading
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ import tomli_w
 from fedhn.app.faults import draw_fault
 from fedhn.launch.processes import children, live_members
 from fedhn.launch.superlink import LocalSuperLink
+from tests.conftest import crash
 
 pytestmark = [pytest.mark.soak, pytest.mark.simulation]
 PROJECT = Path(__file__).resolve().parent.parent
@@ -118,9 +117,7 @@ def _watched_run(tmp_path: Path, out_dir: Path, kill_at: int | None = None, **co
             assert status["status"] == "finished:completed", status
         else:
             _wait_rounds(superlink, run_id, out_dir, kill_at)
-            for group in superlink.process_groups():  # the crash: ServerApp, Ray and SuperLink at once
-                os.killpg(group, signal.SIGKILL)
-            superlink.process.kill()
+            crash(superlink)  # ServerApp, Ray and SuperLink die at once
     finally:
         memory.finished.set()
         superlink.stop()

@@ -31,6 +31,11 @@ PROJECT = Path(__file__).resolve().parent.parent
 MNIST = PROJECT.parent / "shared" / "data" / "mnist.npz"
 NODES, CLIENTS_PER_NODE, SAMPLED = 100, 10, 10
 FEDERATION = {"num-supernodes": NODES}
+# A hanging client holds its Ray actor for round-timeout + 1 s, and the messages queued behind it wait. With
+# Flower's defaults (2 CPUs per client) 2 cores give one actor: one hang holds it into the next round, which
+# then gets no update at all and ends the run (min-train-nodes = 1). Ray told of 8 CPUs, 1 per client, runs
+# 8 actors, more than a round's hangs (2 expected of 10 sampled at rate 0.2), as a deployment's nodes would.
+HANG_FEDERATION = FEDERATION | {"init-args-num-cpus": 8, "client-resources-num-cpus": 1}
 CONFIG = {
     "dataset": str(MNIST),
     "model": "mlp",
@@ -52,10 +57,10 @@ def _rounds(out_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def _submit(superlink: LocalSuperLink, out_dir: Path, **config) -> int:
+def _submit(superlink: LocalSuperLink, out_dir: Path, federation: dict, **config) -> int:
     path = out_dir.with_suffix(".toml")
     path.write_text(tomli_w.dumps(CONFIG | config | {"out-dir": str(out_dir)}))
-    return superlink.submit(PROJECT, path, FEDERATION)
+    return superlink.submit(PROJECT, path, federation)
 
 
 def _tree(superlink: LocalSuperLink) -> set[int]:
@@ -100,14 +105,16 @@ class MemoryByRound(threading.Thread):
                 log.write(json.dumps({"round": running, "pss_mib": round(pss, 1), "time": time.time()}) + "\n")
 
 
-def _watched_run(tmp_path: Path, out_dir: Path, kill_at: int | None = None, **config) -> dict[int, float]:
-    """Run (or resume) into ``out_dir`` until it finishes, or until ``kill_at`` rounds are recorded and
-    then SIGKILL the whole run (SuperLink, ServerApp, Ray). Returns the memory peaks by round."""
+def _watched_run(
+    tmp_path: Path, out_dir: Path, federation: dict = FEDERATION, kill_at: int | None = None, **config
+) -> dict[int, float]:
+    """Run (or resume) into ``out_dir`` on ``federation`` until it finishes, or until ``kill_at`` rounds
+    are recorded and then SIGKILL the whole run (SuperLink, ServerApp, Ray). Returns the memory peaks by round."""
     superlink = LocalSuperLink(workdir=tmp_path)
     superlink.start()
     memory = MemoryByRound(superlink, out_dir)
     try:
-        run_id = _submit(superlink, out_dir, **config)
+        run_id = _submit(superlink, out_dir, federation, **config)
         memory.start()
         if kill_at is None:
             last = config["num-server-rounds"]
@@ -179,7 +186,7 @@ def test_soak_1000_clients_100_rounds_faults_and_a_sigkill(tmp_path):
     faults = {"num-server-rounds": rounds, "fault-rate": rate, "fault-kinds": ",".join(kinds)}
     out_dir, kill_at = tmp_path / "soak", random.randint(20, 80)
     started = time.monotonic()
-    before = _watched_run(tmp_path, out_dir, kill_at, **faults)
+    before = _watched_run(tmp_path, out_dir, kill_at=kill_at, **faults)
     killed_after = len(_rounds(out_dir))
     after = _watched_run(tmp_path, out_dir, **faults, resume=True)
     duration = time.monotonic() - started
@@ -208,7 +215,7 @@ def test_soak_hangs_are_dropped_after_the_round_timeout(tmp_path):
     out_dir = tmp_path / "hangs"
     started = time.monotonic()
     config = {"num-server-rounds": rounds, "fault-rate": rate, "fault-kinds": "hang", "round-timeout": 20.0}
-    _watched_run(tmp_path, out_dir, **config)
+    _watched_run(tmp_path, out_dir, HANG_FEDERATION, **config)
     records = _rounds(out_dir)
     assert [r["round"] for r in records] == list(range(1, rounds + 1))
     for record in records:

@@ -44,7 +44,7 @@ lint: install
 
 # The main job: BN / GN / HN on the embedded digits, 10 clients with batch sizes 2..128.
 compare: install
-	$(BIN)/fedhn compare --norms bn,gn_g4,hn --run-config configs/quickstart.toml --out outputs/quickstart
+	$(BIN)/fedhn compare --norms bn,gn_g4,hn --run-config configs/quickstart.toml --num-supernodes 2 --clients-per-node 5 --out outputs/quickstart
 
 # The Docker Compose demo (README, "Docker Compose"): on the Docker engine that answers, else on a
 # dockerd started as root by scripts/docker-engine.sh and stopped afterwards by its PID. The image is

@@ -61,23 +61,23 @@ IID, DIRICHLET = "", 'partitioner="dirichlet" dirichlet-alpha=0.5'  # the config
 
 @dataclass(frozen=True)
 class Group:
-    """One ``fedhn compare`` invocation: a setting's run config plus overrides, for some norms."""
+    """One ``fedhn compare`` invocation: a run-config file plus overrides, for some norms, into
+    ``root/name``."""
 
-    name: str  # directory under outputs/repro
-    setting: str  # a key of SETTINGS
+    name: str  # directory under root
+    config: str  # a run-config TOML, relative to the repository root
+    label: str  # the setting, as tables name it
     norms: tuple[str, ...]
     overrides: str = IID
+    root: Path = OUT
+    federation: tuple[str, ...] = ("--num-supernodes", str(CLIENTS))  # fedhn compare's federation options
 
     @property
     def out_dir(self) -> Path:
-        return OUT / self.name
+        return self.root / self.name
 
     def run_dir(self, norm: str) -> Path:
         return self.out_dir / run_label(norm)
-
-    @property
-    def label(self) -> str:
-        return SETTINGS[self.setting][1]
 
     def command(self, norms: Sequence[str] | None = None, resume: bool = False) -> list[str]:
         """The ``fedhn compare`` command line (run from the repository root)."""
@@ -87,10 +87,9 @@ class Group:
             "--norms",
             ";".join(norms or self.norms),
             "--run-config",
-            SETTINGS[self.setting][0],
+            self.config,
             *(["--run-config", self.overrides] if self.overrides else []),
-            "--num-supernodes",
-            str(CLIENTS),
+            *self.federation,
             "--out",
             str(self.out_dir.relative_to(ROOT)),
         ] + (["--resume"] if resume else [])
@@ -104,14 +103,20 @@ class Group:
         }
 
 
+def _group(name: str, setting: str, norms: tuple[str, ...], overrides: str = IID) -> Group:
+    """A group of one of this module's SETTINGS."""
+    config, label = SETTINGS[setting]
+    return Group(name, config, label, norms, overrides)
+
+
 def _seeded(setting: str, seed: int, norms: tuple[str, ...] = TOP) -> Group:
     """The IID group of ``setting`` for ``seed`` (seed 0 is the main grid's group, with all norms)."""
     if seed == 0:
-        return Group(f"iid-{setting}", setting, NORMS)
-    return Group(f"seed{seed}-{setting}", setting, norms, f"seed={seed}")
+        return _group(f"iid-{setting}", setting, NORMS)
+    return _group(f"seed{seed}-{setting}", setting, norms, f"seed={seed}")
 
 
-MAIN = {setting: Group(f"iid-{setting}", setting, NORMS) for setting in SETTINGS}
+MAIN = {setting: _group(f"iid-{setting}", setting, NORMS) for setting in SETTINGS}
 
 
 def complete(run: RunResults) -> bool:
@@ -236,15 +241,15 @@ def stats_table(cases: Sequence[tuple[str, bool]], plot: Path | None) -> str:
 
 def _stats_group(setting: str, mode: str, dirichlet: bool = False) -> Group:
     if mode == "pooled":
-        return Group(f"dir-{setting}", setting, NORMS, DIRICHLET) if dirichlet else MAIN[setting]
+        return _group(f"dir-{setting}", setting, NORMS, DIRICHLET) if dirichlet else MAIN[setting]
     split = "dir-" if dirichlet else ""
     overrides = f'stats-aggregation="{mode}"' + (f" {DIRICHLET}" if dirichlet else "")
-    return Group(f"stats-{mode}-{split}{setting}", setting, BATCH_STATS, overrides)
+    return _group(f"stats-{mode}-{split}{setting}", setting, BATCH_STATS, overrides)
 
 
 # The check of offline against federated calibration: the same 3-round runs without and with it.
-CHECK_PLAIN = Group("check-plain", "b2-4", BATCH_STATS, "num-server-rounds=3 calibrate-stats=false")
-CHECK_CALIBRATED = Group("check-calibrated", "b2-4", BATCH_STATS, "num-server-rounds=3")
+CHECK_PLAIN = _group("check-plain", "b2-4", BATCH_STATS, "num-server-rounds=3 calibrate-stats=false")
+CHECK_CALIBRATED = _group("check-calibrated", "b2-4", BATCH_STATS, "num-server-rounds=3")
 
 
 @torch.no_grad()
@@ -396,12 +401,12 @@ def _norms(groups: tuple[Group, ...]) -> Callable[[Path | None], str]:
     return lambda plot: norms_table(groups, plot)
 
 
-_DIRICHLET = tuple(Group(f"dir-{s}", s, NORMS, DIRICHLET) for s in ("hetero", "b2-4"))
+_DIRICHLET = tuple(_group(f"dir-{s}", s, NORMS, DIRICHLET) for s in ("hetero", "b2-4"))
 _STATS_CASES = (("b2-4", False), ("hetero", False), ("hetero", True))
 _STATS = tuple(_stats_group(s, m, d) for s, d in _STATS_CASES for m in ("mean", "local"))
 _SEEDS = tuple(_seeded(s, seed) for seed in (1, 2) for s in ("b2-4", "hetero"))
 _LONG = tuple(
-    Group(
+    _group(
         f"long-b2-4{f'-seed{seed}' if seed else ''}",
         "b2-4",
         TOP,
@@ -409,7 +414,7 @@ _LONG = tuple(
     )
     for seed in (0, 1, 2)
 )
-_FULL = (Group("full-hetero", "hetero", TOP, 'dataset="../shared/data/cifar10.npz" num-server-rounds=8'),)
+_FULL = (_group("full-hetero", "hetero", TOP, 'dataset="../shared/data/cifar10.npz" num-server-rounds=8'),)
 
 TABLES: dict[str, Table] = {
     "iid": Table("IID, settings (a) (b) (c) x six norms, seed 0", tuple(MAIN.values()), _norms(tuple(MAIN.values()))),

@@ -1,0 +1,250 @@
+"""Converged federated runs on resnet10 (issue #15 part 2): the grid, its runs and its tables.
+
+    python -m experiments.converged                 # the tables from the committed runs (docs/results/converged)
+    python -m experiments.converged --run           # first run what is missing, in grid order (resumes partial runs)
+    python -m experiments.converged --run --only b2-4/hn_g8-s0 b2-4/bn-s0
+    python -m experiments.converged --list          # every run of the grid and its fedhn compare command
+
+A run is one ``fedhn compare`` of one method in one setting with one seed, into
+``docs/results/converged/<setting>/<method>-s<seed>``; only its ``metrics.jsonl`` and ``config.json`` are
+committed (.gitignore), which is all the tables read. The data is a class-balanced subset of
+../shared/data/cifar10.npz, written once to ``outputs/data`` (the same files every time). Priority 1 (three
+seeds): bn, gn_g8, hn, hn_g8 and FixBN at batch 2-4 (IID) and 2..128 (Dirichlet 0.1); priority 2 (seed 0):
+FedWon, frn, brn, FedBN there, batch 128 as the control, Dirichlet 0.5 and feature-shift clients.
+
+A run has *plateaued* when the best test accuracy of its last 5 rounds is within 0.5 points of its best and
+a least-squares line through its last 5 rounds rises less than 0.2 points per round; its plateau starts at
+the first round within 0.5 points of its best.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedhn.app.results import RunResults
+from experiments.reproduce import ROOT, Group, mean_std, pct, plot_bands, run_group
+
+CONFIG = "configs/converged.toml"
+RUNS = ROOT / "docs" / "results" / "converged"
+TABLE = ROOT / "docs" / "results" / "converged.md"
+SOURCE = ROOT.parent / "shared" / "data" / "cifar10.npz"
+PER_CLASS = 2500  # training images of each class: 25,000, of which clients train on 80% (20,000)
+DATA = ROOT / "outputs" / "data" / f"cifar10-{10 * PER_CLASS}.npz"
+ROUNDS = tomllib.loads((ROOT / CONFIG).read_text())["num-server-rounds"]
+FEDERATION = ("--num-supernodes", "2", "--clients-per-node", "5", "--cpus-per-client", "1")
+
+# setting -> (run-config overrides, label)
+SETTINGS = {
+    "b2-4": ('batch-sizes="2,4"', "batch 2-4, IID"),
+    "hetero": ('batch-sizes="2,4,8,16,32,64,128" partitioner="dirichlet" dirichlet-alpha=0.1', "batch 2..128, Dir 0.1"),
+    "b128": ('batch-sizes="128"', "batch 128, IID"),
+    "dir0.5": ('batch-sizes="2,4" partitioner="dirichlet" dirichlet-alpha=0.5', "batch 2-4, Dir 0.5"),
+    "shift": ('batch-sizes="2,4" feature-shift="auto"', "batch 2-4, feature shift"),
+}
+# method -> (norm spec, run-config overrides); fedhn.baselines says what each baseline does
+METHODS = {
+    "bn": ("bn", ""),
+    "gn_g8": ("gn_g8", ""),
+    "hn": ("hn", ""),
+    "hn_g8": ("hn_g8", ""),
+    "fixbn": ("bn", f"freeze-stats-after={ROUNDS // 2}"),
+    "fedwon": ("none", 'conv="ws" agc-clip=0.16'),
+    "frn": ("frn", ""),
+    "brn": ("brn", ""),
+    "fedbn": ("bn", 'stats-aggregation="local"'),
+}
+PRIORITY_1 = ("bn", "hn_g8", "gn_g8", "hn", "fixbn")
+PRIORITY_2 = ("fedwon", "frn", "brn", "fedbn")
+# The headline pairs: (method, reference) compared seed by seed
+PAIRS = tuple((hn, other) for hn in ("hn_g8", "hn") for other in ("bn", "gn_g8", "fixbn"))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One method in one setting with one seed."""
+
+    setting: str
+    method: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.setting}/{self.method}-s{self.seed}"
+
+    @property
+    def group(self) -> Group:
+        norm, method_overrides = METHODS[self.method]
+        overrides = " ".join(
+            part
+            for part in (f'dataset="{DATA.relative_to(ROOT)}"', SETTINGS[self.setting][0], method_overrides)
+            if part
+        )
+        label = SETTINGS[self.setting][1]
+        return Group(self.name, CONFIG, label, (norm,), f"{overrides} seed={self.seed}", RUNS, FEDERATION)
+
+    def results(self) -> RunResults | None:
+        """The run's results on disk, or None before its first round."""
+        runs = self.group.runs()
+        return next(iter(runs.values())) if runs and next(iter(runs.values())).rounds else None
+
+
+GRID: tuple[Run, ...] = (
+    tuple(Run(s, m, seed) for seed in (0, 1, 2) for s in ("b2-4", "hetero") for m in PRIORITY_1)
+    + tuple(Run(s, m, 0) for s in ("b2-4", "hetero") for m in PRIORITY_2)
+    + tuple(Run("b128", m, 0) for m in ("bn", "gn_g8", "hn", "hn_g8"))
+    + tuple(Run(s, m, 0) for s in ("dir0.5", "shift") for m in ("bn", "hn_g8", "fixbn", "fedbn"))
+)
+
+
+def write_subset(source: Path = SOURCE, target: Path = DATA, per_class: int = PER_CLASS) -> Path:
+    """The first ``per_class`` training images of every class of ``source`` (in file order) and its whole
+    test set, as ``target`` (skipped when it exists)."""
+    if target.is_file():
+        return target
+    if not source.is_file():
+        raise SystemExit(f"{source} does not exist: the converged runs need ../shared/data/cifar10.npz")
+    data = np.load(source)
+    labels = data["y_train"]
+    keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(target, x_train=data["x_train"][keep], y_train=labels[keep], x_test=data["x_test"], y_test=data["y_test"])
+    return target
+
+
+# --- reading runs ------------------------------------------------------------------------------------
+
+
+def plateau(accuracies: Sequence[float], window: int = 5) -> tuple[bool, int]:
+    """(whether the run has plateaued, the round its plateau starts), accuracies as fractions."""
+    best = max(accuracies)
+    start = next(r for r, a in enumerate(accuracies, 1) if a >= best - 0.005)
+    if len(accuracies) < window:
+        return False, start
+    last = np.asarray(accuracies[-window:])
+    slope = np.polyfit(np.arange(window), last, 1)[0]
+    return bool(last.max() >= best - 0.005 and slope < 0.002), start
+
+
+def seconds_per_round(run: RunResults) -> float:
+    """The median wall time of the rounds after the first (which starts Flower and Ray)."""
+    times = [r["wall_time"] for r in run.rounds]
+    return statistics.median(b - a for a, b in zip(times, times[1:], strict=False) if b > a)
+
+
+def client_accuracy(run: RunResults, key: str) -> float | None:
+    """The last round's per-client ``key`` (``mean_accuracy``, ``worst_10pct_accuracy``), if evaluated."""
+    rounds = run.client_rounds
+    return rounds[-1]["client_evaluation"][key] if rounds else None
+
+
+def complete(run: RunResults | None) -> bool:
+    return run is not None and len(run.rounds) >= int(run.run_config["num-server-rounds"])
+
+
+def finished(runs: Sequence[Run]) -> dict[Run, RunResults]:
+    return {run: results for run in runs if complete(results := run.results())}
+
+
+def settings_table(setting: str) -> str:
+    """Rows: methods; cells over the seeds: mean ± std of central final and best accuracy, per-client mean
+    and worst 10%, the plateau, seconds per round."""
+    lines = [
+        "| method | runs | final | best | plateaued | plateau from round | client mean | client worst 10% | s / round |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method in METHODS:
+        runs = list(finished([r for r in GRID if r.setting == setting and r.method == method]).values())
+        if not runs:
+            continue
+        plateaus = [plateau(r.accuracies) for r in runs]
+        cells = [
+            str(len(runs)),
+            mean_std([r.final_accuracy for r in runs]),
+            mean_std([r.best[0] for r in runs]),
+            f"{sum(p for p, _ in plateaus)}/{len(runs)}",
+            "/".join(str(start) for _, start in plateaus),
+            mean_std([client_accuracy(r, "mean_accuracy") for r in runs if r.client_rounds]),
+            mean_std([client_accuracy(r, "worst_10pct_accuracy") for r in runs if r.client_rounds]),
+            f"{statistics.fmean(seconds_per_round(r) for r in runs):.0f}",
+        ]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_table(setting: str) -> str:
+    """The headline pairs seed by seed: final accuracy of the method minus the reference's, in points."""
+    by_key = {(r.method, r.seed): results for r, results in finished([r for r in GRID if r.setting == setting]).items()}
+    lines = ["| pair | per seed (points) | mean |", "|---|---|---|"]
+    for method, reference in PAIRS:
+        seeds = sorted(s for m, s in by_key if m == method and (reference, s) in by_key)
+        if not seeds:
+            continue
+        gaps = [by_key[method, s].final_accuracy - by_key[reference, s].final_accuracy for s in seeds]
+        per_seed = ", ".join(f"s{s} {100 * g:+.1f}" for s, g in zip(seeds, gaps, strict=True))
+        lines.append(f"| {method} - {reference} | {per_seed} | {100 * statistics.fmean(gaps):+.1f} |")
+    return "\n".join(lines)
+
+
+def report(plot_dir: Path | None = RUNS.parent) -> str:
+    """The markdown of every setting with finished runs (and its plot ``converged-<setting>.png``)."""
+    parts = [
+        "# Converged federated runs\n",
+        f"Written by `python -m experiments.converged` from docs/results/converged: resnet10, 10 clients, "
+        f"{ROUNDS} rounds of 1 local epoch, {10 * PER_CLASS:,} CIFAR-10 training images (clients train on "
+        "80% and evaluate on 20%), the full test set. Accuracies in %, mean ± std over the seeds (n = runs); "
+        "client accuracies are the last round's per-client evaluation; plateau as defined in the module.\n",
+    ]
+    for setting, (_, label) in SETTINGS.items():
+        done = finished([r for r in GRID if r.setting == setting])
+        if not done:
+            continue
+        parts += [f"## {label}\n", settings_table(setting), "", paired_table(setting), ""]
+        if plot_dir is not None:
+            plot = plot_dir / f"converged-{setting}.png"
+            by_method: dict[str, list[RunResults]] = {}
+            for run, results in done.items():
+                by_method.setdefault(run.method, []).append(results)
+            plot_bands([(label, by_method)], plot)
+            parts += [f"![{label}]({plot.relative_to(TABLE.parent)})", ""]
+    pending = [r.name for r in GRID if not complete(r.results())]
+    parts.append(f"Runs of the grid not finished yet: {len(pending)} of {len(GRID)}.")
+    return "\n".join(parts) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.converged", description=__doc__.split("\n")[0])
+    parser.add_argument("--run", action="store_true", help="first run the grid's runs that are not finished")
+    parser.add_argument("--only", nargs="+", metavar="RUN", help="with --run: only these runs (<setting>/<method>-s<seed>)")
+    parser.add_argument("--list", action="store_true", help="list the grid's runs and their commands")
+    args = parser.parse_args(argv)
+    names = {r.name for r in GRID}
+    unknown = sorted(set(args.only or ()) - names)
+    if unknown:
+        parser.error(f"unknown runs {unknown}; --list shows the grid (e.g. {GRID[0].name})")
+    if args.list:
+        for run in GRID:
+            state = "finished" if complete(run.results()) else "to run"
+            print(f"{run.name} ({state}):\n    {shlex.join(run.group.command())}")
+        return 0
+    if args.run:
+        write_subset()
+        for run in GRID:
+            if (not args.only or run.name in args.only) and not complete(run.results()):
+                run_group(run.group)
+    text = report()
+    TABLE.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""experiments.converged: the plateau rule, the class-balanced subset, the grid's commands and the report
+read back from run directories."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from experiments import converged
+from experiments.converged import GRID, Run, plateau, write_subset
+
+
+def test_a_flat_tail_is_a_plateau_starting_where_the_run_came_within_half_a_point_of_its_best():
+    accuracies = [0.30, 0.50, 0.60, 0.654, 0.655, 0.657, 0.656, 0.658, 0.657]
+    assert plateau(accuracies) == (True, 4)  # round 4 is the first within 0.5 points of 0.658
+
+
+def test_a_tail_still_rising_a_point_per_round_is_no_plateau():
+    assert plateau([0.30, 0.40, 0.50, 0.51, 0.52, 0.53, 0.54]) == (False, 7)
+
+
+def test_a_tail_that_fell_more_than_half_a_point_below_the_best_is_no_plateau():
+    assert plateau([0.30, 0.70, 0.60, 0.60, 0.60, 0.60, 0.60])[0] is False
+
+
+def test_the_subset_keeps_the_first_images_of_every_class_in_file_order_and_the_whole_test_set(tmp_path):
+    labels = np.array([0, 1, 0, 2, 1, 0, 2, 2, 1, 0], dtype=np.uint8)
+    images = np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), dtype=np.uint8)
+    source = tmp_path / "source.npz"
+    np.savez(source, x_train=images, y_train=labels, x_test=images[:4], y_test=labels[:4])
+    subset = np.load(write_subset(source, tmp_path / "subset.npz", per_class=2))
+    assert subset["y_train"].tolist() == [0, 1, 0, 2, 1, 2]  # indices 0, 1, 2, 3, 4, 6
+    assert subset["x_train"][:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4, 6]
+    assert subset["x_test"].shape == (4, 2, 2, 3) and subset["y_test"].tolist() == [0, 1, 0, 2]
+
+
+def test_every_run_of_the_grid_is_one_fedhn_compare_of_its_norm_with_its_overrides():
+    assert len({run.name for run in GRID}) == len(GRID)
+    command = Run("hetero", "fixbn", 2).group.command()
+    overrides = command[command.index("--run-config", command.index("--run-config") + 1) + 1]
+    assert command[command.index("--norms") + 1] == "bn"
+    assert f"freeze-stats-after={converged.ROUNDS // 2}" in overrides
+    assert "dirichlet-alpha=0.1" in overrides and overrides.endswith("seed=2")
+    assert command[-2:] == ["--out", "docs/results/converged/hetero/fixbn-s2"]
+
+
+def _write_run(run: Run, accuracies: list[float], client_mean: float) -> None:
+    run_dir = run.group.run_dir(run.group.norms[0])
+    run_dir.mkdir(parents=True)
+    config = {"num-server-rounds": len(accuracies), "norm": run.group.norms[0]}
+    (run_dir / "config.json").write_text(json.dumps({"run_config": config}))
+    rounds = [
+        {
+            "round": r,
+            "test_accuracy": a,
+            "wall_time": 30.0 + 10.0 * r,
+            "client_evaluation": {"clients": 10, "mean_accuracy": client_mean, "worst_10pct_accuracy": client_mean - 0.1},
+        }
+        for r, a in enumerate(accuracies, 1)
+    ]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch):
+    """RUNS in a fresh directory under the repository's outputs/ (commands name their --out relative to it)."""
+    monkeypatch.setattr(converged, "RUNS", converged.ROOT / "outputs" / f"test-converged-{tmp_path.name}")
+    yield converged.RUNS
+    shutil.rmtree(converged.RUNS, ignore_errors=True)
+
+
+def test_the_report_gives_mean_and_std_over_seeds_and_the_paired_differences(runs_dir):
+    flat = [0.2, 0.5, 0.6, 0.6, 0.6, 0.6, 0.6]
+    for seed, (bn, hn) in enumerate(((0.60, 0.64), (0.602, 0.63))):
+        _write_run(Run("b2-4", "bn", seed), flat[:-1] + [bn], client_mean=0.5)
+        _write_run(Run("b2-4", "hn_g8", seed), flat[:-1] + [hn], client_mean=0.7)
+    _write_run(Run("b2-4", "gn_g8", 0), [0.1, 0.2], client_mean=0.3)  # unfinished: 2 of 3 rounds
+    (runs_dir / "b2-4" / "gn_g8-s0" / "gn_g8" / "config.json").write_text(
+        json.dumps({"run_config": {"num-server-rounds": 3}})
+    )
+    text = converged.report(plot_dir=None)
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
+    assert rows["| bn"] == "| bn | 2 | 60.1 ± 0.1 | 60.1 ± 0.1 | 2/2 | 3/3 | 50.0 ± 0.0 | 40.0 ± 0.0 | 10 |"
+    assert rows["| hn_g8"].startswith("| hn_g8 | 2 | 63.5 ± 0.7 |")
+    assert rows["| hn_g8 - bn"] == "| hn_g8 - bn | s0 +4.0, s1 +2.8 | +3.4 |"
+    assert "| gn_g8 |" not in text  # not finished
+    assert f"not finished yet: {len(GRID) - 4} of {len(GRID)}" in text

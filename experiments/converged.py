@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.reproduce import ROOT, Group, mean_std, plot_bands, run_group
 from fedhn.app.results import RunResults
-from experiments.reproduce import ROOT, Group, mean_std, pct, plot_bands, run_group
 
 CONFIG = "configs/converged.toml"
 RUNS = ROOT / "docs" / "results" / "converged"
@@ -223,7 +223,9 @@ def report(plot_dir: Path | None = RUNS.parent) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.converged", description=__doc__.split("\n")[0])
     parser.add_argument("--run", action="store_true", help="first run the grid's runs that are not finished")
-    parser.add_argument("--only", nargs="+", metavar="RUN", help="with --run: only these runs (<setting>/<method>-s<seed>)")
+    parser.add_argument(
+        "--only", nargs="+", metavar="RUN", help="with --run: only these runs (<setting>/<method>-s<seed>)"
+    )
     parser.add_argument("--list", action="store_true", help="list the grid's runs and their commands")
     args = parser.parse_args(argv)
     names = {r.name for r in GRID}

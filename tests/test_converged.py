@@ -55,7 +55,11 @@ def _write_run(run: Run, accuracies: list[float], client_mean: float) -> None:
             "round": r,
             "test_accuracy": a,
             "wall_time": 30.0 + 10.0 * r,
-            "client_evaluation": {"clients": 10, "mean_accuracy": client_mean, "worst_10pct_accuracy": client_mean - 0.1},
+            "client_evaluation": {
+                "clients": 10,
+                "mean_accuracy": client_mean,
+                "worst_10pct_accuracy": client_mean - 0.1,
+            },
         }
         for r, a in enumerate(accuracies, 1)
     ]

@@ -134,7 +134,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--lr", type=float, default=0.1, help="learning rate at batch 128 (linear scaling)")
     parser.add_argument(
-        "--threads", type=int, default=2, help="torch threads (two 1-thread processes on disjoint grids train more runs per hour)"
+        "--threads",
+        type=int,
+        default=2,
+        help="torch threads (two 1-thread processes on disjoint grids train more runs per hour)",
     )
     args = parser.parse_args()
     if args.run:

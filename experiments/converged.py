@@ -31,7 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from experiments.reproduce import ROOT, Group, mean_std, plot_bands, run_group
+from fedhn.app.config import RunConfig, load_app_defaults
 from fedhn.app.results import RunResults
+from fedhn.launch.compare import parse_run_config_args
 
 CONFIG = "configs/converged.toml"
 RUNS = ROOT / "docs" / "results" / "converged"
@@ -90,6 +92,12 @@ class Run:
         )
         label = SETTINGS[self.setting][1]
         return Group(self.name, CONFIG, label, (norm,), f"{overrides} seed={self.seed}", RUNS, FEDERATION)
+
+    def config(self) -> RunConfig:
+        """The run's validated run config (raises ConfigError naming what is wrong)."""
+        group = self.group
+        merged = load_app_defaults(ROOT) | parse_run_config_args([str(ROOT / group.config), group.overrides])
+        return RunConfig.from_mapping(merged | {"norm": group.norms[0]})
 
     def results(self) -> RunResults | None:
         """The run's results on disk, or None before its first round."""
@@ -238,10 +246,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{run.name} ({state}):\n    {shlex.join(run.group.command())}")
         return 0
     if args.run:
+        todo = [run for run in GRID if (not args.only or run.name in args.only) and not complete(run.results())]
+        for run in todo:  # every config checked before the first run starts
+            run.config()
         write_subset()
-        for run in GRID:
-            if (not args.only or run.name in args.only) and not complete(run.results()):
-                run_group(run.group)
+        for run in todo:
+            run_group(run.group)
     text = report()
     TABLE.write_text(text)
     print(text)

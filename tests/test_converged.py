@@ -45,6 +45,14 @@ def test_every_run_of_the_grid_is_one_fedhn_compare_of_its_norm_with_its_overrid
     assert command[-2:] == ["--out", "docs/results/converged/hetero/fixbn-s2"]
 
 
+def test_every_run_of_the_grid_is_a_valid_run_config():
+    configs = {run.name: run.config() for run in GRID}
+    assert configs["b2-4/fixbn-s1"].freeze_stats_after == converged.ROUNDS // 2
+    assert configs["hetero/fedbn-s0"].stats_aggregation == "local"
+    assert (configs["shift/bn-s0"].feature_shift, configs["b128/hn-s0"].batch_sizes) == ("auto", (128,))
+    assert {c.model for c in configs.values()} == {"resnet10"}
+
+
 def _write_run(run: Run, accuracies: list[float], client_mean: float) -> None:
     run_dir = run.group.run_dir(run.group.norms[0])
     run_dir.mkdir(parents=True)

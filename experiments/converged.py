@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.reproduce import ROOT, Group, mean_std, plot_bands, run_group
+from experiments.reproduce import ROOT, Group, mean_std, plot_bands, run_groups
 from fedhn.app.config import RunConfig, load_app_defaults
 from fedhn.app.results import RunResults
 from fedhn.launch.compare import parse_run_config_args
@@ -250,8 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for run in todo:  # every config checked before the first run starts
             run.config()
         write_subset()
-        for run in todo:
-            run_group(run.group)
+        run_groups([run.group for run in todo])
     text = report()
     TABLE.write_text(text)
     print(text)

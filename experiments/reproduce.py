@@ -39,6 +39,7 @@ from fedhn.app.results import MODEL_FILE, RunResults, read_results
 from fedhn.app.task import client_data, new_model, test_data
 from fedhn.calibration import calibrate, calibrated_layers
 from fedhn.launch.compare import run_label
+from fedhn.launch.signals import Stopped, stopped_by_signals
 from fedhn.plotting import pyplot
 from fedhn.training import evaluate
 
@@ -134,8 +135,34 @@ def run_group(group: Group) -> None:
         command = group.command(norms, resume)
         print("$ " + shlex.join(command), flush=True)
         started = time.monotonic()
-        code = subprocess.call(command, cwd=ROOT)
+        code = call(command)
         print(f"  ({time.monotonic() - started:.0f} s, exit {code})", flush=True)
+
+
+def run_groups(groups: Sequence[Group]) -> None:
+    """:func:`run_group` each in turn; on SIGTERM, SIGINT or SIGHUP stop the one running (its finished
+    runs and rounds stay) and exit 128 + the signal's number."""
+    try:
+        with stopped_by_signals():
+            for group in groups:
+                run_group(group)
+    except Stopped as stop:
+        print(f"{stop}: the running comparison was stopped; --run again resumes it", file=sys.stderr)
+        raise SystemExit(stop.exit_code) from None
+
+
+def call(command: Sequence[str]) -> int:
+    """Run ``command`` from the repository root and return its exit code. Stopped by a signal
+    (:func:`fedhn.launch.signals.stopped_by_signals`), it first sends the command SIGTERM and waits for it:
+    ``fedhn compare`` then stops every process it started and keeps what finished (the next ``--run``
+    resumes)."""
+    process = subprocess.Popen(command, cwd=ROOT)
+    try:
+        return process.wait()
+    except Stopped:
+        process.terminate()
+        process.wait()
+        raise
 
 
 # --- summaries -------------------------------------------------------------------------------------
@@ -465,9 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in args.tables:
         table = TABLES[name]
         if args.run:
-            for group in table.groups:
-                if not args.only or group.name in args.only:
-                    run_group(group)
+            run_groups([g for g in table.groups if not args.only or g.name in args.only])
         plot = None if args.no_plot else PLOTS / f"{name}.png"
         print(f"## {name}: {table.description}\n")
         print(table.render(plot))

@@ -77,6 +77,7 @@ class Run:
     setting: str
     method: str
     seed: int
+    pilot: bool = False  # a run of the 20-round pilot (docs/results/converged-pilot), read only
 
     @property
     def name(self) -> str:
@@ -91,7 +92,8 @@ class Run:
             if part
         )
         label = SETTINGS[self.setting][1]
-        return Group(self.name, CONFIG, label, (norm,), f"{overrides} seed={self.seed}", RUNS, FEDERATION)
+        root = RUNS.with_name(RUNS.name + "-pilot") if self.pilot else RUNS
+        return Group(self.name, CONFIG, label, (norm,), f"{overrides} seed={self.seed}", root, FEDERATION)
 
     def config(self) -> RunConfig:
         """The run's validated run config (raises ConfigError naming what is wrong)."""
@@ -111,6 +113,9 @@ GRID: tuple[Run, ...] = (
     + tuple(Run("b128", m, 0) for m in ("bn", "gn_g8", "hn", "hn_g8"))
     + tuple(Run(s, m, 0) for s in ("dir0.5", "shift") for m in ("bn", "hn_g8", "fixbn", "fedbn"))
 )
+
+# The pilot that sized the grid: 20 rounds (then the config's count) at batch 2-4, seed 0; neither plateaued.
+PILOT = (Run("b2-4", "bn", 0, pilot=True), Run("b2-4", "hn_g8", 0, pilot=True))
 
 
 def write_subset(source: Path = SOURCE, target: Path = DATA, per_class: int = PER_CLASS) -> Path:
@@ -162,15 +167,15 @@ def finished(runs: Sequence[Run]) -> dict[Run, RunResults]:
     return {run: results for run in runs if complete(results := run.results())}
 
 
-def settings_table(setting: str) -> str:
-    """Rows: methods; cells over the seeds: mean ± std of central final and best accuracy, per-client mean
+def settings_table(runs_of_setting: Sequence[Run]) -> str:
+    """Rows: methods; cells over the seeds of the finished ``runs_of_setting``: mean ± std of central final and best accuracy, per-client mean
     and worst 10%, the plateau, seconds per round."""
     lines = [
         "| method | runs | final | best | plateaued | plateau from round | client mean | client worst 10% | s / round |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for method in METHODS:
-        runs = list(finished([r for r in GRID if r.setting == setting and r.method == method]).values())
+        runs = list(finished([r for r in runs_of_setting if r.method == method]).values())
         if not runs:
             continue
         plateaus = [plateau(r.accuracies) for r in runs]
@@ -188,9 +193,10 @@ def settings_table(setting: str) -> str:
     return "\n".join(lines)
 
 
-def paired_table(setting: str) -> str:
-    """The headline pairs seed by seed: final accuracy of the method minus the reference's, in points."""
-    by_key = {(r.method, r.seed): results for r, results in finished([r for r in GRID if r.setting == setting]).items()}
+def paired_table(runs_of_setting: Sequence[Run]) -> str:
+    """The headline pairs seed by seed: final accuracy of the method minus the reference's, in points
+    (empty without a pair)."""
+    by_key = {(r.method, r.seed): results for r, results in finished(runs_of_setting).items()}
     lines = ["| pair | per seed (points) | mean |", "|---|---|---|"]
     for method, reference in PAIRS:
         seeds = sorted(s for m, s in by_key if m == method and (reference, s) in by_key)
@@ -199,7 +205,7 @@ def paired_table(setting: str) -> str:
         gaps = [by_key[method, s].final_accuracy - by_key[reference, s].final_accuracy for s in seeds]
         per_seed = ", ".join(f"s{s} {100 * g:+.1f}" for s, g in zip(seeds, gaps, strict=True))
         lines.append(f"| {method} - {reference} | {per_seed} | {100 * statistics.fmean(gaps):+.1f} |")
-    return "\n".join(lines)
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def report(plot_dir: Path | None = RUNS.parent) -> str:
@@ -211,18 +217,23 @@ def report(plot_dir: Path | None = RUNS.parent) -> str:
         "80% and evaluate on 20%), the full test set. Accuracies in %, mean ± std over the seeds (n = runs); "
         "client accuracies are the last round's per-client evaluation; plateau as defined in the module.\n",
     ]
-    for setting, (_, label) in SETTINGS.items():
-        done = finished([r for r in GRID if r.setting == setting])
+    sections = [
+        (label, f"converged-{setting}", [r for r in GRID if r.setting == setting])
+        for setting, (_, label) in SETTINGS.items()
+    ]
+    sections.append(("Pilot: batch 2-4, IID, 20 rounds", "converged-pilot", list(PILOT)))
+    for title, plot_name, runs in sections:
+        done = finished(runs)
         if not done:
             continue
-        parts += [f"## {label}\n", settings_table(setting), "", paired_table(setting), ""]
+        parts += [f"## {title}\n", settings_table(runs), "", paired_table(runs), ""]
         if plot_dir is not None:
-            plot = plot_dir / f"converged-{setting}.png"
+            plot = plot_dir / f"{plot_name}.png"
             by_method: dict[str, list[RunResults]] = {}
             for run, results in done.items():
                 by_method.setdefault(run.method, []).append(results)
-            plot_bands([(label, by_method)], plot)
-            parts += [f"![{label}]({plot.relative_to(TABLE.parent)})", ""]
+            plot_bands([(title, by_method)], plot)
+            parts += [f"![{title}]({plot.relative_to(TABLE.parent)})", ""]
     pending = [r.name for r in GRID if not complete(r.results())]
     parts.append(f"Runs of the grid not finished yet: {len(pending)} of {len(GRID)}.")
     return "\n".join(parts) + "\n"

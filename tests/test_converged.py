@@ -79,7 +79,8 @@ def runs_dir(tmp_path, monkeypatch):
     """RUNS in a fresh directory under the repository's outputs/ (commands name their --out relative to it)."""
     monkeypatch.setattr(converged, "RUNS", converged.ROOT / "outputs" / f"test-converged-{tmp_path.name}")
     yield converged.RUNS
-    shutil.rmtree(converged.RUNS, ignore_errors=True)
+    for root in (converged.RUNS, converged.RUNS.with_name(converged.RUNS.name + "-pilot")):
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_the_report_gives_mean_and_std_over_seeds_and_the_paired_differences(runs_dir):
@@ -98,3 +99,12 @@ def test_the_report_gives_mean_and_std_over_seeds_and_the_paired_differences(run
     assert rows["| hn_g8 - bn"] == "| hn_g8 - bn | s0 +4.0, s1 +2.8 | +3.4 |"
     assert "| gn_g8 |" not in text  # not finished
     assert f"not finished yet: {len(GRID) - 4} of {len(GRID)}" in text
+
+
+def test_the_pilot_runs_get_their_own_section_and_do_not_count_as_grid_runs(runs_dir):
+    _write_run(Run("b2-4", "bn", 0, pilot=True), [0.3, 0.4, 0.5], client_mean=0.5)
+    text = converged.report(plot_dir=None)
+    pilot = text[text.index("## Pilot") :]
+    assert "| bn | 1 | 50.0 | 50.0 | 0/1 | 3 |" in pilot
+    assert "## batch 2-4, IID" not in text
+    assert f"not finished yet: {len(GRID)} of {len(GRID)}" in text

@@ -215,7 +215,9 @@ def report(plot_dir: Path | None = RUNS.parent) -> str:
         f"Written by `python -m experiments.converged` from docs/results/converged: resnet10, 10 clients, "
         f"{ROUNDS} rounds of 1 local epoch, {10 * PER_CLASS:,} CIFAR-10 training images (clients train on "
         "80% and evaluate on 20%), the full test set. Accuracies in %, mean ± std over the seeds (n = runs); "
-        "client accuracies are the last round's per-client evaluation; plateau as defined in the module.\n",
+        "client accuracies are the last round's per-client evaluation; plateau as defined in the module; "
+        "s / round is the median wall time of rounds 2 on, on the machine as it was (compare only runs that "
+        "ran under the same load).\n",
     ]
     sections = [
         (label, f"converged-{setting}", [r for r in GRID if r.setting == setting])

@@ -42,7 +42,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The main job: BN / GN / HN on the embedded digits, 10 clients with batch sizes 2..128.
+# The main job: BN / GN / HN on the embedded digits, the paper's MLP, 10 clients at batch 2 packed 5 per node.
 compare: install
 	$(BIN)/fedhn compare --norms bn,gn_g4,hn --run-config configs/quickstart.toml --num-supernodes 2 --clients-per-node 5 --out outputs/quickstart
 

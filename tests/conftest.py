@@ -87,11 +87,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked soak run only when selected by marker (``-m soak``: ``make soak``), tests marked docker
-    only with ``--docker`` (``make test-docker``): neither is part of ``make test`` (nor CI)."""
+    """Tests marked soak or slow run only when selected by marker (``-m soak``: ``make soak``; ``-m slow``:
+    ``make test-slow``), tests marked docker only with ``--docker`` (``make test-docker``): none is part of
+    ``make test`` (nor CI)."""
     skips = {}
-    if "soak" not in (config.getoption("markexpr") or ""):
+    markexpr = config.getoption("markexpr") or ""
+    if "soak" not in markexpr:
         skips["soak"] = pytest.mark.skip(reason="soak test: run it with make soak (pytest -m soak -s)")
+    if "slow" not in markexpr:
+        skips["slow"] = pytest.mark.skip(
+            reason="a second end-to-end variant: run it with make test-slow (pytest -m slow)"
+        )
     if not config.getoption("--docker"):
         skips["docker"] = pytest.mark.skip(
             reason="a Docker engine test: run it with `make test-docker` (pytest --docker)"

@@ -118,6 +118,7 @@ def test_deploy_status_and_down_without_a_deployment(state_dir):
     assert down.exit_code == 0 and "no deployment" in down.output
 
 
+@pytest.mark.slow  # the simulation's fault tests (test_reliability.py) cover the same round logic in make test
 def test_a_killed_supernode_and_a_hanging_client_leave_the_run_going(tmp_path, state_dir):
     """Three SuperNodes; SuperNode 2 is killed after round 1 and, in round 2, one of the others replies only after
     the round timeout: the run completes with the remaining node, records why clients failed, loses no round."""

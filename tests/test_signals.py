@@ -35,7 +35,14 @@ def _descendants(pid: int) -> set[int]:
 
 
 @pytest.mark.simulation
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+@pytest.mark.parametrize(  # Ctrl-C in make test; the others take the same path (make test-slow)
+    "signum",
+    [
+        signal.SIGINT,
+        pytest.param(signal.SIGTERM, marks=pytest.mark.slow),
+        pytest.param(signal.SIGHUP, marks=pytest.mark.slow),
+    ],
+)
 def test_compare_stops_everything_it_started_on_a_signal(tmp_path, signum):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "fedhn.launch.cli", "compare", "--norms", "bn", "--num-supernodes", "2"]

@@ -24,6 +24,7 @@ from fedhn.launch.superlink import FlowerConnection, FlowerError, LocalSuperLink
 __all__ = [
     "Federation",
     "Comparison",
+    "configure_runs",
     "plan_runs",
     "run_comparison",
     "run_one",
@@ -77,22 +78,17 @@ def parse_run_config_args(items: Sequence[str]) -> dict[str, Any]:
     return merged
 
 
-def plan_runs(
-    app_dir: Path, norms: Sequence[str], overrides: dict[str, Any], out_dir: Path, federation: Federation
+def configure_runs(
+    app_dir: Path, norms: Sequence[str], overrides: dict[str, Any], out_dir: Path
 ) -> dict[str, RunConfig]:
-    """Validate every run before anything starts: one RunConfig per norm with absolute paths and its
-    own out-dir, checked against the data (the dataset loads, every client gets examples).
+    """One RunConfig per norm (the app's defaults | ``overrides`` | its norm) with absolute paths and its own
+    out-dir, without loading any data.
 
     Raises:
-        ConfigError: every problem of every run, in one message.
+        ConfigError: every problem of every norm, in one message.
     """
     if not norms:
         raise ConfigError("no norms to compare: pass e.g. --norms bn,gn_g4,hn")
-    if federation.num_supernodes < 1 or federation.cpus_per_client < 1 or federation.gpus_per_client < 0:
-        raise ConfigError(
-            "--num-supernodes and --cpus-per-client must be >= 1 and --gpus-per-client >= 0 "
-            f"(got {federation.num_supernodes}, {federation.cpus_per_client}, {federation.gpus_per_client})"
-        )
     base = load_app_defaults(app_dir) | overrides
     dataset = str(base.get("dataset", ""))
     if dataset.endswith(".npz") or is_folder_path(dataset):
@@ -108,6 +104,24 @@ def plan_runs(
             problems.append(f"norm {norm!r}: {error}")
     if problems:
         raise ConfigError("\n".join(problems))
+    return plans
+
+
+def plan_runs(
+    app_dir: Path, norms: Sequence[str], overrides: dict[str, Any], out_dir: Path, federation: Federation
+) -> dict[str, RunConfig]:
+    """Validate every run before anything starts: ``configure_runs``, then each run checked against the
+    federation and the data (the dataset loads, every client gets examples).
+
+    Raises:
+        ConfigError: every problem of every run, in one message.
+    """
+    if federation.num_supernodes < 1 or federation.cpus_per_client < 1 or federation.gpus_per_client < 0:
+        raise ConfigError(
+            "--num-supernodes and --cpus-per-client must be >= 1 and --gpus-per-client >= 0 "
+            f"(got {federation.num_supernodes}, {federation.cpus_per_client}, {federation.gpus_per_client})"
+        )
+    plans = configure_runs(app_dir, norms, overrides, out_dir)
     first = next(iter(plans.values()))
     clients = ClientLayout(federation.num_supernodes, first.clients_per_node).clients
     problems = [problem for config in plans.values() for problem in run_problems(config, clients)]

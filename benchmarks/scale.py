@@ -31,7 +31,7 @@ from benchmarks.simulation import ACTOR, DRIVER, Sample, TreeSampler, load_avera
 from benchmarks.timing import environment, markdown_table
 from fedhn.app.config import RunConfig
 from fedhn.app.results import METRICS_FILE
-from fedhn.app.task import new_model, train_client
+from fedhn.app.task import TrainingRound, new_model, train_client
 from fedhn.launch.compare import Federation
 from fedhn.launch.superlink import LocalSuperLink
 
@@ -42,10 +42,10 @@ def in_process(config: RunConfig, nodes: int, clients: int) -> float:
     torch.manual_seed(config.seed)
     state = new_model(config).state_dict()
     for client in range(clients):  # warm-up: data, model, kernels
-        train_client(config, state, client, nodes, 1, config.lr)
+        train_client(TrainingRound(config, nodes, 1, config.lr), state, client)
     start = time.perf_counter()
     for client in range(clients):
-        train_client(config, state, client, nodes, 2, config.lr)
+        train_client(TrainingRound(config, nodes, 2, config.lr), state, client)
     return time.perf_counter() - start
 
 

@@ -49,7 +49,7 @@ from benchmarks.timing import environment, markdown_table
 from fedhn.app.config import RunConfig
 from fedhn.app.results import METRICS_FILE, read_results
 from fedhn.app.schedule import round_lr
-from fedhn.app.task import new_model, test_data, train_client
+from fedhn.app.task import TrainingRound, new_model, test_data, train_client
 from fedhn.launch.compare import Federation, plan_runs, submit
 from fedhn.launch.processes import children, live_members, stat_fields
 from fedhn.launch.superlink import FlowerError, LocalSuperLink
@@ -278,7 +278,9 @@ def in_process_rounds(config: RunConfig, clients: int, rounds: int, two_thread_r
         singles, states, weights, cpu = [], [], [], time.process_time()
         for client in range(clients):
             start = time.perf_counter()
-            trained, result = train_client(config, state, client, clients, server_round, round_lr(config, server_round))
+            trained, result = train_client(
+                TrainingRound(config, clients, server_round, round_lr(config, server_round)), state, client
+            )
             states.append({key: value.numpy().copy() for key, value in trained.items()})  # as a reply copies
             singles.append(time.perf_counter() - start)
             weights.append(result.examples)
@@ -288,7 +290,9 @@ def in_process_rounds(config: RunConfig, clients: int, rounds: int, two_thread_r
         if server_round <= 1 + two_thread_rounds:
             start = time.perf_counter()
             for client in range(clients):
-                trained, _ = train_client(config, state, client, clients, server_round, round_lr(config, server_round))
+                trained, _ = train_client(
+                    TrainingRound(config, clients, server_round, round_lr(config, server_round)), state, client
+                )
                 _ = {key: value.numpy().copy() for key, value in trained.items()}
             clients_2 = time.perf_counter() - start
         start = time.perf_counter()

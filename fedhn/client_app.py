@@ -17,7 +17,7 @@ from fedhn.app.client_store import ClientStore, store_directory
 from fedhn.app.config import RunConfig
 from fedhn.app.federated_calibration import node_sums
 from fedhn.app.node import reply_content, train_node
-from fedhn.app.task import ClientLayout
+from fedhn.app.task import ClientLayout, TrainingRound
 from strategies.replies import CLIENTS
 
 app = ClientApp()
@@ -70,13 +70,12 @@ def train(msg: Message, context: Context) -> Message:
     train_config = msg.content["config"]
     state = msg.content["arrays"].to_torch_state_dict()
     server_round = int(train_config["server-round"])
+    # the server owns the schedule: the round's base lr comes with the message
+    training_round = TrainingRound(config, _layout(context).clients, server_round, float(train_config["lr"]))
     node_round = train_node(
-        config,
+        training_round,
         state,
         [int(client) for client in train_config[CLIENTS]],
-        _layout(context).clients,
-        server_round,
-        float(train_config["lr"]),  # the server owns the schedule
         ClientStore(context.state, store_directory(context.node_config, train_config), server_round),
     )
     if node_round.hang:

@@ -12,6 +12,7 @@ from fedhn.app.client_store import ClientStore
 from fedhn.app.config import RunConfig
 from fedhn.app.node import LOCAL_NORMS, train_node
 from fedhn.app.preflight import run_problems
+from fedhn.app.task import TrainingRound
 from fedhn.training import evaluate
 from strategies import StatsFedAvg
 from strategies.client_metrics import evaluation_summary
@@ -76,7 +77,9 @@ def test_fedbn_clients_evaluate_with_their_own_norm_layers(defaults, tiny_npz):
     torch.manual_seed(0)
     state = {key: value.clone() for key, value in task.new_model(config).state_dict().items()}
     store = ClientStore(RecordDict())
-    train_node(config, state, [0], 4, 1, 0.1, store)  # client 0 trains and keeps its norm layers; client 1 does not
+    train_node(
+        TrainingRound(config, 4, 1, 0.1), state, [0], store
+    )  # client 0 trains and keeps its norm layers; client 1 does not
     reply = parse_reply(evaluate_node(config, state, [0, 1], 4, store), [0, 1], updates=False)
     own = task.new_model(config)
     own.load_state_dict(state)

@@ -11,7 +11,7 @@ from flwr.common.config import parse_config_args
 from fedhn.app.client_store import ClientStore, client_state_dir, drop_versions_after, store_directory
 from fedhn.app.config import RunConfig
 from fedhn.app.node import LOCAL_NORMS, train_node
-from fedhn.app.task import new_model
+from fedhn.app.task import TrainingRound, new_model
 from fedhn.launch.deploy import node_config
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -79,9 +79,11 @@ def test_fedbn_clients_of_a_restarted_node_train_as_if_it_had_never_stopped(defa
     state = new_model(config).state_dict()
     memory, rounds = RecordDict(), {1: [0, 1, 2], 2: [0, 2], 3: [0, 1]}
     for server_round, clients in rounds.items():
-        alive = train_node(config, state, clients, 6, server_round, 0.1, ClientStore(memory, None, server_round))
+        alive = train_node(
+            TrainingRound(config, 6, server_round, 0.1), state, clients, ClientStore(memory, None, server_round)
+        )
         store = ClientStore(RecordDict(), tmp_path, server_round)  # a new process: nothing in memory
-        restarted = train_node(config, state, clients, 6, server_round, 0.1, store)
+        restarted = train_node(TrainingRound(config, 6, server_round, 0.1), state, clients, store)
         for client in clients:
             for key, value in alive.updates[client][0].items():
                 assert torch.equal(restarted.updates[client][0][key], value), (server_round, client, key)
@@ -90,7 +92,7 @@ def test_fedbn_clients_of_a_restarted_node_train_as_if_it_had_never_stopped(defa
     assert not torch.equal(kept["features.2.running_mean"], state["features.2.running_mean"])
 
     drop_versions_after(tmp_path, 2)  # killed after round 3 trained, before its checkpoint
-    again = train_node(config, state, rounds[3], 6, 3, 0.1, ClientStore(RecordDict(), tmp_path, 3))
+    again = train_node(TrainingRound(config, 6, 3, 0.1), state, rounds[3], ClientStore(RecordDict(), tmp_path, 3))
     for client in rounds[3]:
         for key, value in alive.updates[client][0].items():
             assert torch.equal(again.updates[client][0][key], value), (client, key)

@@ -10,7 +10,7 @@ from fedhn.app.client_store import ClientStore
 from fedhn.app.config import RunConfig
 from fedhn.app.faults import draw_fault
 from fedhn.app.node import LOCAL_NORMS, reply_content, train_node
-from fedhn.app.task import new_model, train_client
+from fedhn.app.task import TrainingRound, new_model, train_client
 from strategies import StatsFedAvg
 
 
@@ -32,11 +32,11 @@ def test_every_client_of_a_node_trains_as_alone(defaults, tiny_npz, pack_clients
     """One after the other: exactly; packed into one cohort: to float32 rounding."""
     config = _config(defaults, tiny_npz, pack_clients=pack_clients)
     state = _global(config)
-    node_round = train_node(config, state, [3, 4, 5], 6, 2, 0.1, ClientStore(RecordDict()))
+    node_round = train_node(TrainingRound(config, 6, 2, 0.1), state, [3, 4, 5], ClientStore(RecordDict()))
     assert sorted(node_round.updates) == [3, 4, 5] and not node_round.errors and not node_round.hang
     tolerance = {"rtol": 1e-5, "atol": 1e-6} if pack_clients else {"rtol": 0, "atol": 0}
     for client, (trained, result) in node_round.updates.items():
-        alone, alone_result = train_client(config, state, client, 6, 2, 0.1)
+        alone, alone_result = train_client(TrainingRound(config, 6, 2, 0.1), state, client)
         assert (result.steps, result.examples, result.batch_size) == (
             alone_result.steps,
             alone_result.examples,
@@ -56,7 +56,7 @@ def _seed_where(pattern, clients, server_round, rate, kinds):
 def test_a_client_that_raises_leaves_the_nodes_other_clients_their_updates(defaults, tiny_npz):
     seed = _seed_where([None, "raise", "nan"], [0, 1, 2], 1, 0.5, ("raise", "nan"))
     config = _config(defaults, tiny_npz, seed=seed, fault_rate=0.5, fault_kinds="raise,nan")
-    node_round = train_node(config, _global(config), [0, 1, 2], 6, 1, 0.1, ClientStore(RecordDict()))
+    node_round = train_node(TrainingRound(config, 6, 1, 0.1), _global(config), [0, 1, 2], ClientStore(RecordDict()))
     assert sorted(node_round.updates) == [0, 2] and "client 1 raised in round 1" in node_round.errors[1]
     assert torch.isnan(node_round.updates[2][0]["classifier.weight"]).all()
 
@@ -64,14 +64,14 @@ def test_a_client_that_raises_leaves_the_nodes_other_clients_their_updates(defau
 def test_a_hanging_client_delays_its_whole_node(defaults, tiny_npz):
     seed = _seed_where([None, "hang", None], [0, 1, 2], 1, 0.5, ("hang",))
     config = _config(defaults, tiny_npz, seed=seed, fault_rate=0.5, fault_kinds="hang")
-    node_round = train_node(config, _global(config), [0, 1, 2], 6, 1, 0.1, ClientStore(RecordDict()))
+    node_round = train_node(TrainingRound(config, 6, 1, 0.1), _global(config), [0, 1, 2], ClientStore(RecordDict()))
     assert node_round.hang and sorted(node_round.updates) == [0, 1, 2]
 
 
 def test_fedbn_clients_of_one_node_keep_their_own_norm_layers(defaults, tiny_npz):
     config = _config(defaults, tiny_npz, stats_aggregation="local")
     store = ClientStore(RecordDict())
-    train_node(config, _global(config), [0, 1, 2], 6, 1, 0.1, store)
+    train_node(TrainingRound(config, 6, 1, 0.1), _global(config), [0, 1, 2], store)
     kept = [store.get(client, LOCAL_NORMS) for client in (0, 1, 2)]
     key = next(k for k in kept[0] if k.endswith("running_mean"))
     assert not torch.equal(kept[0][key], kept[1][key]) and not torch.equal(kept[1][key], kept[2][key])
@@ -101,7 +101,8 @@ def test_node_aggregation_gives_the_same_global_model_as_every_update(defaults, 
     config = _config(defaults, tiny_npz, norm=norm)
     state = _global(config)
     nodes = [
-        train_node(config, state, clients, 6, 1, 0.1, ClientStore(RecordDict())) for clients in ([0, 1, 2], [3, 4, 5])
+        train_node(TrainingRound(config, 6, 1, 0.1), state, clients, ClientStore(RecordDict()))
+        for clients in ([0, 1, 2], [3, 4, 5])
     ]
     every = _aggregate(config, state, nodes)
     partial = _aggregate(RunConfig.from_mapping(config.to_dict() | {"node-aggregation": True}), state, nodes)
@@ -114,7 +115,7 @@ def test_a_node_drops_its_own_malformed_updates_before_aggregating(defaults, tin
     seed = _seed_where([None, "nan", None], [0, 1, 2], 1, 0.5, ("nan",))
     config = _config(defaults, tiny_npz, seed=seed, fault_rate=0.5, fault_kinds="nan", node_aggregation=True)
     state = _global(config)
-    node_round = train_node(config, state, [0, 1, 2], 6, 1, 0.1, ClientStore(RecordDict()))
+    node_round = train_node(TrainingRound(config, 6, 1, 0.1), state, [0, 1, 2], ClientStore(RecordDict()))
     content = reply_content(config, state, node_round)
     assert "non-finite" in content.config_records["errors"]["1"]
     assert content.metric_records["partial-size"]["clients"] == 2
@@ -124,6 +125,6 @@ def test_the_updates_of_a_nodes_clients_are_their_own(defaults, tiny_npz):
     """The node trains its clients one after the other in one model: each update must survive the next."""
     config = _config(defaults, tiny_npz)
     state = _global(config)
-    node_round = train_node(config, state, [0, 1, 2], 6, 1, 0.1, ClientStore(RecordDict()))
+    node_round = train_node(TrainingRound(config, 6, 1, 0.1), state, [0, 1, 2], ClientStore(RecordDict()))
     weights = [node_round.updates[c][0]["classifier.weight"] for c in (0, 1, 2)]
     assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[1], weights[2])

@@ -6,7 +6,15 @@ import torch
 from fedhn.app.config import RunConfig
 from fedhn.app.preflight import run_problems
 from fedhn.app.schedule import renorm_limits, round_lr
-from fedhn.app.task import client_data, client_model, new_model, norm_keys, train_client, train_packed_clients
+from fedhn.app.task import (
+    TrainingRound,
+    client_data,
+    client_model,
+    new_model,
+    norm_keys,
+    train_client,
+    train_packed_clients,
+)
 from fedhn.norms import BatchRenorm
 
 
@@ -50,9 +58,9 @@ def test_client_training_is_deterministic_and_reports_its_work(defaults, tiny_np
     config = _config(defaults, dataset=str(tiny_npz), model="mlp", norm="hn", batch_sizes="4", local_epochs=2)
     torch.manual_seed(0)
     state = new_model(config).state_dict()
-    state_a, result_a = train_client(config, state, 1, 4, server_round=1, lr=config.lr)
+    state_a, result_a = train_client(TrainingRound(config, 4, 1, config.lr), state, 1)
     state_a = {k: v.clone() for k, v in state_a.items()}
-    state_b, result_b = train_client(config, state, 1, 4, server_round=1, lr=config.lr)
+    state_b, result_b = train_client(TrainingRound(config, 4, 1, config.lr), state, 1)
     assert (result_a.steps, result_a.examples, result_a.batch_size) == (12, 48, 4)
     assert result_a == result_b
     for key in state_a:
@@ -66,7 +74,7 @@ def test_local_state_overrides_the_global_norm_layers(defaults, tiny_npz):
     # The MLP is Flatten, then (Linear, norm, ReLU) x 4: its norm layers are features.2, .5, .8 and .11.
     assert keys == {k for k in state if k.startswith(("features.2.", "features.5.", "features.8.", "features.11."))}
     local = {k: torch.full_like(v, 3) for k, v in state.items() if k in keys and v.is_floating_point()}
-    trained, _ = train_client(config, state, 0, 4, server_round=1, lr=config.lr, local_state=local)
+    trained, _ = train_client(TrainingRound(config, 4, 1, config.lr), state, 0, local_state=local)
     running = next(k for k in local if k.endswith("running_var"))
     assert trained[running].mean() > 1.5  # started from the local 3s, not the global 1s
 
@@ -82,10 +90,10 @@ def test_clients_train_with_the_lr_the_server_sends(defaults, tiny_npz):
     config = _config(defaults, dataset=str(tiny_npz), model="mlp", norm="bn", batch_sizes="4", lr=0.5)
     torch.manual_seed(0)
     state = {k: v.clone() for k, v in new_model(config).state_dict().items()}
-    frozen, _ = train_client(config, state, 0, 4, server_round=1, lr=0.0)  # lr 0: no parameter moves
+    frozen, _ = train_client(TrainingRound(config, 4, 1, 0.0), state, 0)  # lr 0: no parameter moves
     weight = "features.1.weight"
     torch.testing.assert_close(frozen[weight], state[weight], rtol=0, atol=0)
-    moved, _ = train_client(config, state, 0, 4, server_round=1, lr=0.5)
+    moved, _ = train_client(TrainingRound(config, 4, 1, 0.5), state, 0)
     assert not torch.equal(moved[weight], state[weight])
 
 
@@ -104,7 +112,7 @@ def test_fedbn_keeps_frn_and_brn_layers_local(defaults, tiny_npz, norm, suffixes
     assert norm_keys(config) == {f"{layer}{suffix}" for layer in layers for suffix in suffixes}
     state = new_model(config).state_dict()
     local = {k: torch.full_like(v, 3) for k, v in state.items() if k in norm_keys(config) and v.is_floating_point()}
-    trained, _ = train_client(config, state, 0, 4, server_round=1, lr=config.lr, local_state=local)
+    trained, _ = train_client(TrainingRound(config, 4, 1, config.lr), state, 0, local_state=local)
     assert trained["features.2.weight"].mean() > 2  # started from the local 3s, not the global 1s
 
 
@@ -123,9 +131,9 @@ def test_brn_clients_train_as_bn_in_the_warmup_and_renormalize_after(defaults, t
     torch.manual_seed(0)
     state = {k: v.clone() for k, v in new_model(bn).state_dict().items()}
     for server_round, same in ((1, True), (2, False)):
-        expected, _ = train_client(bn, state, 0, 4, server_round=server_round, lr=0.1)
+        expected, _ = train_client(TrainingRound(bn, 4, server_round, 0.1), state, 0)
         expected = {k: v.clone() for k, v in expected.items()}
-        got, _ = train_client(brn, state, 0, 4, server_round=server_round, lr=0.1)
+        got, _ = train_client(TrainingRound(brn, 4, server_round, 0.1), state, 0)
         assert all(torch.equal(got[k], v) for k, v in expected.items()) is same
         layer = next(m for m in client_model(brn).modules() if isinstance(m, BatchRenorm))
         assert (layer.r_max, layer.d_max) == renorm_limits(brn, server_round)
@@ -138,9 +146,9 @@ def test_packed_frn_and_brn_clients_train_as_they_would_alone(defaults, tiny_npz
                      brn_warmup_rounds=0, brn_relax_rounds=1)  # fmt: skip
     torch.manual_seed(0)
     state = {k: v.clone() for k, v in new_model(config).state_dict().items()}
-    packed = train_packed_clients(config, state, [0, 1], 4, server_round=2, lr=0.1, local_states={})
+    packed = train_packed_clients(TrainingRound(config, 4, 2, 0.1), state, [0, 1], {})
     for client in (0, 1):
-        alone, result = train_client(config, state, client, 4, server_round=2, lr=0.1)
+        alone, result = train_client(TrainingRound(config, 4, 2, 0.1), state, client)
         assert packed[client][1].steps == result.steps
         for key, value in alone.items():
             torch.testing.assert_close(packed[client][0][key], value, rtol=1e-4, atol=1e-5, msg=key)

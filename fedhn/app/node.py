@@ -19,7 +19,7 @@ from torch import Tensor
 from fedhn.app.client_store import ClientStore
 from fedhn.app.config import RunConfig
 from fedhn.app.faults import draw_fault, poison
-from fedhn.app.task import dataset, norm_keys, train_client, train_packed_clients
+from fedhn.app.task import TrainingRound, dataset, norm_keys, train_client, train_packed_clients
 from fedhn.training import TrainResult
 from strategies import partial_aggregate
 from strategies.replies import check_update, node_reply
@@ -40,15 +40,10 @@ class NodeRound:
 
 
 def train_node(
-    config: RunConfig,
-    state: dict[str, Tensor],
-    clients: list[int],
-    num_clients: int,
-    server_round: int,
-    lr: float,
-    store: ClientStore,
+    training_round: TrainingRound, state: dict[str, Tensor], clients: list[int], store: ClientStore
 ) -> NodeRound:
-    """Train ``clients`` (ids out of ``num_clients``) from the global ``state`` with the round's base ``lr``."""
+    """Train the node's sampled ``clients`` in ``training_round`` from the global ``state``."""
+    config, server_round = training_round.config, training_round.server_round
     node_round = NodeRound()
     faults = {}
     for client in clients:
@@ -58,7 +53,7 @@ def train_node(
     training = [client for client in clients if client not in node_round.errors]
     local = config.stats_aggregation == "local"
     kept = {client: store.get(client, LOCAL_NORMS) if local else None for client in training}
-    trained = _train(config, state, training, num_clients, server_round, lr, kept, node_round.errors)
+    trained = _train(training_round, state, training, kept, node_round.errors)
     for client, (new_state, result) in trained.items():
         if local:
             store.put(client, LOCAL_NORMS, {key: new_state[key] for key in norm_keys(config)})
@@ -68,27 +63,25 @@ def train_node(
 
 
 def _train(
-    config: RunConfig,
+    training_round: TrainingRound,
     state: dict[str, Tensor],
     clients: list[int],
-    num_clients: int,
-    server_round: int,
-    lr: float,
     kept: dict[int, dict[str, Tensor] | None],
     errors: dict[int, str],
 ) -> dict[int, tuple[dict[str, Tensor], TrainResult]]:
     """The clients' trained states: packed when there are several (unless ``pack-clients`` is off or
     the data is streamed), else one by one; a client (or a packed group) whose training fails goes into ``errors``."""
+    config = training_round.config
     if config.pack_clients and len(clients) > 1 and not dataset(config).streamed:
         try:
-            return train_packed_clients(config, state, clients, num_clients, server_round, lr, kept)
+            return train_packed_clients(training_round, state, clients, kept)
         except (FloatingPointError, RuntimeError, ValueError) as error:
             errors |= {client: f"{type(error).__name__}: {error}" for client in clients}
             return {}
     trained = {}
     for client in clients:
         try:
-            trained[client] = train_client(config, state, client, num_clients, server_round, lr, kept[client])
+            trained[client] = train_client(training_round, state, client, kept[client])
         except (FloatingPointError, RuntimeError, ValueError) as error:
             errors[client] = f"{type(error).__name__}: {error}"
     return trained

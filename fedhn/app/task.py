@@ -49,6 +49,7 @@ __all__ = [
     "partitions",
     "test_data",
     "test_data_by_domain",
+    "TrainingRound",
     "client_training",
     "train_client",
     "train_packed_clients",
@@ -216,42 +217,60 @@ def norm_keys(config: RunConfig) -> frozenset[str]:
     )
 
 
-def client_training(config: RunConfig, client: int, num_clients: int, server_round: int, lr: float) -> Client:
-    """What client ``client`` (of ``num_clients``) trains on in ``server_round`` with the round's base
-    ``lr``: its partition, batch size, lr scaled by ``lr-scaling``, and its own seeded generator for
-    shuffling and augmentation (the one source of both the one-by-one and the packed path)."""
-    data = client_data(config, client, num_clients)
-    generator = torch_generator("train", config.seed, client, server_round)
+@dataclass(frozen=True)
+class TrainingRound:
+    """A training round as each of its clients sees it: the run, how many clients it has, the round and its
+    base learning rate (the server's schedule; each client scales it to its batch size)."""
+
+    config: RunConfig
+    num_clients: int
+    server_round: int
+    lr: float
+
+
+def client_training(training_round: TrainingRound, client: int) -> Client:
+    """What ``client`` trains on in ``training_round``: its partition, batch size, the round's lr scaled by
+    ``lr-scaling``, and its own seeded generator for shuffling and augmentation (the one source of both the
+    one-by-one and the packed path)."""
+    config = training_round.config
+    data = client_data(config, client, training_round.num_clients)
+    generator = torch_generator("train", config.seed, client, training_round.server_round)
     augment = data.augment
     return Client(
         images=data.images,
         labels=data.labels,
         batch_size=data.batch_size,
-        lr=client_lr(lr, data.batch_size, config.lr_scaling),
+        lr=client_lr(training_round.lr, data.batch_size, config.lr_scaling),
         generator=generator,
         augment=(lambda images: augment(images, generator)) if augment else None,
     )
 
 
-def train_client(
-    config: RunConfig,
-    state: dict[str, Tensor],
-    partition_id: int,
-    num_partitions: int,
-    server_round: int,
-    lr: float,
-    local_state: dict[str, Tensor] | None = None,
-) -> tuple[dict[str, Tensor], TrainResult]:
-    """One client's round: load the global ``state`` (then ``local_state`` over it, e.g. FedBN's
-    norm layers), set Batch Renorm's bounds for the round (:func:`renorm_limits`), train on the
-    partition with the round's base learning rate ``lr`` (scaled to the
-    client's batch size by ``lr-scaling``), return the new state and what training did."""
-    spec = client_training(config, partition_id, num_partitions, server_round, lr)
-    model = round_model(config, server_round)
+def _client_model(
+    training_round: TrainingRound, state: dict[str, Tensor], local_state: dict[str, Tensor] | None
+) -> nn.Module:
+    """The process's model for the round (:func:`round_model`) loaded with the global ``state`` (then
+    ``local_state`` over it, e.g. FedBN's norm layers), with Batch Renorm's bounds for the round
+    (:func:`renorm_limits`)."""
+    model = round_model(training_round.config, training_round.server_round)
     model.load_state_dict(state)
     if local_state:
         model.load_state_dict(local_state, strict=False)
-    set_renorm_limits(model, *renorm_limits(config, server_round))
+    set_renorm_limits(model, *renorm_limits(training_round.config, training_round.server_round))
+    return model
+
+
+def train_client(
+    training_round: TrainingRound,
+    state: dict[str, Tensor],
+    client: int,
+    local_state: dict[str, Tensor] | None = None,
+) -> tuple[dict[str, Tensor], TrainResult]:
+    """One client's round: the round's model from the global ``state`` (and ``local_state``), trained on the
+    client's partition (:func:`client_training`); the new state and what training did."""
+    config = training_round.config
+    spec = client_training(training_round, client)
+    model = _client_model(training_round, state, local_state)
     result = train(
         model,
         spec.images,
@@ -270,33 +289,23 @@ def train_client(
 
 
 def train_packed_clients(
-    config: RunConfig,
+    training_round: TrainingRound,
     state: dict[str, Tensor],
     clients: list[int],
-    num_clients: int,
-    server_round: int,
-    lr: float,
     local_states: dict[int, dict[str, Tensor] | None],
 ) -> dict[int, tuple[dict[str, Tensor], TrainResult]]:
     """:func:`train_client` for several clients at once, packed into one cohort (:mod:`fedhn.cohort`;
     its vmap fallback for models the cohort layout cannot map): each client's state and result as
     if it had trained alone (to float rounding)."""
-    models = []
-    for client in clients:
-        model = copy.deepcopy(round_model(config, server_round))
-        model.load_state_dict(state)
-        if local_states.get(client):
-            model.load_state_dict(local_states[client], strict=False)
-        set_renorm_limits(model, *renorm_limits(config, server_round))
-        models.append(model)
+    config = training_round.config
+    models = [copy.deepcopy(_client_model(training_round, state, local_states.get(client))) for client in clients]
     try:
         cohort = pack(models)
     except (TypeError, ValueError):
         cohort = FunctionalCohort(models)
-    specs = [client_training(config, client, num_clients, server_round, lr) for client in clients]
     results = train_packed(
         cohort,
-        specs,
+        [client_training(training_round, client) for client in clients],
         epochs=config.local_epochs,
         momentum=config.momentum,
         weight_decay=config.weight_decay,

@@ -1,5 +1,6 @@
-"""Shared fixtures."""
+"""Shared fixtures and helpers."""
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -18,6 +19,23 @@ def crash(superlink) -> None:
     for group in superlink.process_groups():
         os.killpg(group, signal.SIGKILL)
     superlink.process.kill()
+
+
+def read_rounds(run_dir: Path) -> list[dict]:
+    """A run's ``metrics.jsonl``: one dict a round, as written."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def compare(out_dir: Path, norms: str, *options: str, app_dir: Path = PROJECT):
+    """``fedhn compare --norms <norms> <options> --out <out_dir> --app <app_dir>`` in this process (typer's
+    CliRunner); its Result (``exit_code``, ``output``)."""
+    from typer.testing import CliRunner
+
+    from fedhn.launch.cli import app
+
+    return CliRunner().invoke(
+        app, ["compare", "--norms", norms, *options, "--out", str(out_dir), "--app", str(app_dir)]
+    )
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """End to end: FixBN's round switch and FedWon's norm-free clients in real `flwr run` simulations."""
 
-import json
 from pathlib import Path
 
 import pytest
@@ -9,14 +8,11 @@ import torch
 
 from fedhn.launch.superlink import LocalSuperLink
 from fedhn.models import build_model
+from tests.conftest import read_rounds
 
 pytestmark = pytest.mark.simulation
 PROJECT = Path(__file__).resolve().parent.parent
 FEDERATION = {"num-supernodes": 3, "client-resources-num-cpus": 1}
-
-
-def _rounds(out_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def _run(superlink: LocalSuperLink, tmp_path: Path, name: str, config: dict, federation: dict = FEDERATION) -> Path:
@@ -34,7 +30,7 @@ def test_fixbn_calibrates_at_round_t_then_keeps_the_statistics_while_the_weights
     with LocalSuperLink(workdir=tmp_path) as superlink:
         one = _run(superlink, tmp_path, "one", config | {"num-server-rounds": 1})
         two = _run(superlink, tmp_path, "two", config | {"num-server-rounds": 2})
-    first, second = _rounds(one), _rounds(two)
+    first, second = read_rounds(one), read_rounds(two)
     assert [(r["round"], r["clients"], r["failed"]) for r in second] == [(1, 3, 0), (2, 3, 0)]
     assert second[0]["calibration"]["layers"] == 9 and "calibration" not in second[1]  # once, after round T
     assert second[0]["test_accuracy"] == first[0]["test_accuracy"]  # the same round 1
@@ -56,7 +52,7 @@ def test_fedwon_trains_norm_free_packed_clients_at_batch_size_one(tmp_path):
     }  # fmt: skip
     with LocalSuperLink(workdir=tmp_path) as superlink:
         out = _run(superlink, tmp_path, "fedwon", config, {"num-supernodes": 2, "client-resources-num-cpus": 1})
-    rounds = _rounds(out)
+    rounds = read_rounds(out)
     assert [(r["round"], r["clients"], r["failed"]) for r in rounds] == [(1, 4, 0), (2, 4, 0)]
     assert rounds[-1]["test_accuracy"] > 0.3  # digits, 10 classes: a norm-free network learned at batch 1-2
     state = torch.load(out / "model.pt", weights_only=True)

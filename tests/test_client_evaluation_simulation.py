@@ -7,17 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from fedhn.app import task
 from fedhn.app.config import RunConfig
 from fedhn.app.tensorboard_log import tensorboard_available
-from fedhn.launch.cli import app
 from fedhn.training import evaluate
 from strategies.client_metrics import worst_fraction_mean
+from tests.conftest import compare, read_rounds
 
 pytestmark = pytest.mark.simulation
-PROJECT = Path(__file__).resolve().parent.parent
 SHIFTS = ("invert", "rotation")
 
 
@@ -74,15 +72,11 @@ def test_feature_shift_fedbn_clients_evaluate_on_their_own_splits(tmp_path, tiny
         f"stats-aggregation='local' fraction-evaluate=1.0 local-test-fraction=0.25 "
         f"tensorboard={str(with_tensorboard).lower()} min-train-nodes=4"
     )
-    result = CliRunner().invoke(
-        app,
-        ["compare", "--norms", "bn", "--num-supernodes", "2", "--clients-per-node", "2", "-c", settings]
-        + ["--out", str(tmp_path), "--app", str(PROJECT)],
-    )
+    result = compare(tmp_path, "bn", "--num-supernodes", "2", "--clients-per-node", "2", "-c", settings)
     assert result.exit_code == 0, result.output
     assert "client accuracy" in result.output
     out = tmp_path / "bn"
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = read_rounds(out)
     assert [line["round"] for line in lines] == [1, 2] and all(line["clients"] == 4 for line in lines)
     config = RunConfig.from_mapping(json.loads((out / "config.json").read_text())["run_config"])
     for line in lines:

@@ -1,6 +1,5 @@
 """`fedhn deploy`: the docker-compose.yml topology as processes on 127.0.0.1, stopped by PID."""
 
-import json
 import re
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from fedhn.app.faults import draw_fault
 from fedhn.launch.cli import app
 from fedhn.launch.deploy import Deployment, start
 from fedhn.launch.processes import live_members, stop
+from tests.conftest import read_rounds
 
 pytestmark = pytest.mark.deployment
 PROJECT = Path(__file__).resolve().parent.parent
@@ -73,7 +73,7 @@ def test_two_supernodes_over_tls_run_two_rounds_and_deploy_down_stops_every_proc
     )
     assert run.exit_code == 0, run.output
     (run_dir,) = out.iterdir()
-    rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rounds = read_rounds(run_dir)
     assert [r["round"] for r in rounds] == [1, 2]
     assert all(r["clients"] == 2 and r["failed"] == 0 for r in rounds)
     assert rounds[-1]["test_accuracy"] > 0.5  # digits, 10 classes: learning happened
@@ -143,7 +143,7 @@ def test_a_killed_supernode_and_a_hanging_client_leave_the_run_going(tmp_path, s
         time.sleep(0.5)
     stop([p for p in deployment.processes if p.name in ("supernode-2", "superexec-clientapp-2")], grace=0)
     assert deployment.connection.wait(run_id)["status"] == "finished:completed"
-    rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rounds = read_rounds(out)
     assert [r["round"] for r in rounds] == [1, 2]
     assert rounds[0]["clients"] == 3
     # Node 2 is gone (dropped after the timeout, or no longer sampled) and another one hung.

@@ -1,21 +1,15 @@
 """End to end: a `flwr run` simulation (through fedhn compare) on a generated 2-domain image folder,
 streamed from disk, each client holding one domain (2 nodes x 2 clients, trained one after the other)."""
 
-import json
-from pathlib import Path
-
 import pytest
-from typer.testing import CliRunner
 
 from fedhn.data.image_folder import scan_folder
-from fedhn.launch.cli import app
-from tests.conftest import write_image_folder
+from tests.conftest import compare, read_rounds, write_image_folder
 
 pytestmark = [
     pytest.mark.simulation,
     pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning"),
 ]
-PROJECT = Path(__file__).resolve().parent.parent
 
 
 def test_a_streamed_two_domain_folder_trains_one_domain_per_client(tmp_path):
@@ -25,24 +19,9 @@ def test_a_streamed_two_domain_folder_trains_one_domain_per_client(tmp_path):
         f"dataset='{root}' cache-dir='{tmp_path / 'cache'}' image-size=8 stream-data='true' partitioner='domain' "
         "model='mlp' batch-sizes='4' local-epochs=2 num-server-rounds=2 lr=0.4 clients-per-node=2"
     )
-    result = CliRunner().invoke(
-        app,
-        [
-            "compare",
-            "--norms",
-            "hn",
-            "--num-supernodes",
-            "2",
-            "-c",
-            run_config,
-            "--out",
-            str(tmp_path / "out"),
-            "--app",
-            str(PROJECT),
-        ],
-    )
+    result = compare(tmp_path / "out", "hn", "--num-supernodes", "2", "-c", run_config)
     assert result.exit_code == 0, result.output
-    lines = [json.loads(line) for line in (tmp_path / "out" / "hn" / "metrics.jsonl").read_text().splitlines()]
+    lines = read_rounds(tmp_path / "out" / "hn")
     assert [line["round"] for line in lines] == [1, 2]
     assert all(line["clients"] == 4 and line["failed"] == 0 for line in lines)
     test = scan_folder(root).test

@@ -1,6 +1,5 @@
 """SuperNode authentication in `fedhn deploy`: registered SuperNodes train, others are refused."""
 
-import json
 import time
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import pytest
 from fedhn.launch.deploy import Deployment, make_node_keys
 from fedhn.launch.processes import Process, spawn, stop
 from fedhn.launch.superlink import flower_bin, flower_env, free_port, superlink_ready
+from tests.conftest import read_rounds
 from tests.test_deploy import PROJECT, fedhn, state_dir  # noqa: F401 (state_dir: the fixture)
 
 pytestmark = pytest.mark.deployment
@@ -79,7 +79,7 @@ def test_registered_supernodes_train_and_unregistered_or_keyless_ones_are_refuse
         )
         assert run.exit_code == 0, run.output
         (run_dir,) = out.iterdir()
-        (round_1,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        (round_1,) = read_rounds(run_dir)
         assert round_1["clients"] == 2 and round_1["failed"] == 0
         assert {node["node-id"] for node in deployment.connection.supernodes()} == registered
         for index in range(2):

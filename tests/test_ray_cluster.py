@@ -1,7 +1,6 @@
 """A Flower simulation on an existing Ray cluster: a head started with `ray start --head` on
 127.0.0.1, the simulation pointed at it with RAY_ADDRESS (README, "Multi-node")."""
 
-import json
 import os
 import shutil
 import sys
@@ -9,14 +8,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from fedhn.launch.cli import app
 from fedhn.launch.processes import live_members, spawn, stop
 from fedhn.launch.superlink import free_port
+from tests.conftest import compare, read_rounds
 
 pytestmark = [pytest.mark.simulation, pytest.mark.ray_cluster]
-PROJECT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -47,24 +44,9 @@ def ray_head(monkeypatch):
 def test_a_simulation_runs_on_an_existing_ray_cluster(ray_head, tmp_path, monkeypatch):
     address, temp_dir = ray_head
     monkeypatch.setenv("RAY_ADDRESS", address)  # the SuperLink, hence the simulation, inherits it
-    result = CliRunner().invoke(
-        app,
-        [
-            "compare",
-            "--norms",
-            "hn",
-            "--num-supernodes",
-            "2",
-            "--run-config",
-            "num-server-rounds=2 batch-sizes='32'",
-            "--out",
-            str(tmp_path),
-            "--app",
-            str(PROJECT),
-        ],
-    )
+    result = compare(tmp_path, "hn", "--num-supernodes", "2", "--run-config", "num-server-rounds=2 batch-sizes='32'")
     assert result.exit_code == 0, result.output
-    rounds = [json.loads(line) for line in (tmp_path / "hn" / "metrics.jsonl").read_text().splitlines()]
+    rounds = read_rounds(tmp_path / "hn")
     assert [r["round"] for r in rounds] == [1, 2] and all(r["clients"] == 2 for r in rounds)
     # The run used the head: the simulation's Ray driver and the workers of its job (the ClientApp
     # actors) logged into the head's session; a Ray of its own would have logged elsewhere.

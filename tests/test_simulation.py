@@ -6,39 +6,24 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from fedhn.app.config import RunConfig
 from fedhn.app.task import client_data
 from fedhn.calibration import calibrate
-from fedhn.launch.cli import app
 from fedhn.launch.superlink import LocalSuperLink, live_members
 from fedhn.models import build_model
+from tests.conftest import compare, read_rounds
 
 pytestmark = pytest.mark.simulation
 PROJECT = Path(__file__).resolve().parent.parent
 
 
 def test_compare_runs_one_simulation_per_norm_and_writes_the_report(tmp_path):
-    result = CliRunner().invoke(
-        app,
-        [
-            "compare",
-            "--norms",
-            "bn,hn",
-            "--num-supernodes",
-            "3",
-            "--run-config",
-            "num-server-rounds=2 batch-sizes='2,8,32' lr-schedule='cosine' calibrate-stats=true",
-            "--out",
-            str(tmp_path),
-            "--app",
-            str(PROJECT),
-        ],
-    )
+    run_config = "num-server-rounds=2 batch-sizes='2,8,32' lr-schedule='cosine' calibrate-stats=true"
+    result = compare(tmp_path, "bn,hn", "--num-supernodes", "3", "--run-config", run_config)
     assert result.exit_code == 0, result.output
     for norm in ("bn", "hn"):
-        lines = [json.loads(line) for line in (tmp_path / norm / "metrics.jsonl").read_text().splitlines()]
+        lines = read_rounds(tmp_path / norm)
         assert [line["round"] for line in lines] == [1, 2]
         assert all(line["clients"] == 3 and line["failed"] == 0 and 0 <= line["test_accuracy"] <= 1 for line in lines)
         assert lines[-1]["test_accuracy"] > 0.5  # digits, 10 classes: learning happened
@@ -80,17 +65,14 @@ def test_a_failed_run_is_reported_as_failed_with_its_log(tmp_path):
     (app_dir / "failing" / "server.py").write_text(FAILING_SERVER)
     pyproject = (PROJECT / "pyproject.toml").read_text()
     (app_dir / "pyproject.toml").write_text(pyproject.replace('"fedhn.server_app:app"', '"failing.server:app"'))
-    result = CliRunner().invoke(
-        app,
-        ["compare", "--norms", "bn", "--num-supernodes", "2", "--out", str(tmp_path / "out"), "--app", str(app_dir)],
-    )
+    result = compare(tmp_path / "out", "bn", "--num-supernodes", "2", app_dir=app_dir)
     assert result.exit_code == 1
     assert "bn FAILED: finished:failed" in result.output and "deliberate failure for the test" in result.output
     assert "FAILED" in (tmp_path / "out" / "summary.md").read_text()
 
 
 def test_invalid_config_fails_before_any_flower_process_starts(tmp_path):
-    result = CliRunner().invoke(app, ["compare", "--norms", "gn_g32", "--out", str(tmp_path), "--app", str(PROJECT)])
+    result = compare(tmp_path, "gn_g32")
     assert result.exit_code == 2
     assert "does not fit model 'resnet8'" in result.output
     assert not (tmp_path / "gn_g32").exists()

@@ -1,42 +1,23 @@
 """End to end: `fedhn compare` runs FRN + TLU and Batch Renorm (its bounds relaxed from round 2) as real
 `flwr run` simulations; brn's global model folds for inference."""
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from fedhn.folding import fold_norms
-from fedhn.launch.cli import app
 from fedhn.models import build_model
 from fedhn.norms import TLU
+from tests.conftest import compare, read_rounds
 
 pytestmark = pytest.mark.simulation
-PROJECT = Path(__file__).resolve().parent.parent
 
 
 def test_compare_trains_frn_and_brn(tmp_path):
-    result = CliRunner().invoke(
-        app,
-        [
-            "compare",
-            "--norms",
-            "frn,brn",
-            "--num-supernodes",
-            "3",
-            "--run-config",
-            "num-server-rounds=2 batch-sizes='2,8,32' brn-warmup-rounds=1 brn-relax-rounds=1",
-            "--out",
-            str(tmp_path),
-            "--app",
-            str(PROJECT),
-        ],
-    )
+    run_config = "num-server-rounds=2 batch-sizes='2,8,32' brn-warmup-rounds=1 brn-relax-rounds=1"
+    result = compare(tmp_path, "frn,brn", "--num-supernodes", "3", "--run-config", run_config)
     assert result.exit_code == 0, result.output
     for norm in ("frn", "brn"):
-        lines = [json.loads(line) for line in (tmp_path / norm / "metrics.jsonl").read_text().splitlines()]
+        lines = read_rounds(tmp_path / norm)
         assert [line["round"] for line in lines] == [1, 2]
         assert all(line["clients"] == 3 and line["failed"] == 0 for line in lines)
         assert lines[-1]["test_accuracy"] > 0.3  # digits, 10 classes: learning happened

@@ -274,13 +274,12 @@ def in_process_rounds(config: RunConfig, clients: int, rounds: int, two_thread_r
     images, labels = test_data(config)
     results = []
     for server_round in range(1, rounds + 1):
+        training_round = TrainingRound(config, clients, server_round, round_lr(config, server_round))
         torch.set_num_threads(1)
         singles, states, weights, cpu = [], [], [], time.process_time()
         for client in range(clients):
             start = time.perf_counter()
-            trained, result = train_client(
-                TrainingRound(config, clients, server_round, round_lr(config, server_round)), state, client
-            )
+            trained, result = train_client(training_round, state, client)
             states.append({key: value.numpy().copy() for key, value in trained.items()})  # as a reply copies
             singles.append(time.perf_counter() - start)
             weights.append(result.examples)
@@ -290,9 +289,7 @@ def in_process_rounds(config: RunConfig, clients: int, rounds: int, two_thread_r
         if server_round <= 1 + two_thread_rounds:
             start = time.perf_counter()
             for client in range(clients):
-                trained, _ = train_client(
-                    TrainingRound(config, clients, server_round, round_lr(config, server_round)), state, client
-                )
+                trained, _ = train_client(training_round, state, client)
                 _ = {key: value.numpy().copy() for key, value in trained.items()}
             clients_2 = time.perf_counter() - start
         start = time.perf_counter()

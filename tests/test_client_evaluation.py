@@ -77,9 +77,8 @@ def test_fedbn_clients_evaluate_with_their_own_norm_layers(defaults, tiny_npz):
     torch.manual_seed(0)
     state = {key: value.clone() for key, value in task.new_model(config).state_dict().items()}
     store = ClientStore(RecordDict())
-    train_node(
-        TrainingRound(config, 4, 1, 0.1), state, [0], store
-    )  # client 0 trains and keeps its norm layers; client 1 does not
+    # client 0 trains and keeps its norm layers; client 1 does not
+    train_node(TrainingRound(config, 4, 1, 0.1), state, [0], store)
     reply = parse_reply(evaluate_node(config, state, [0, 1], 4, store), [0, 1], updates=False)
     own = task.new_model(config)
     own.load_state_dict(state)

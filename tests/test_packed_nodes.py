@@ -1,6 +1,5 @@
 """End to end: the same clients packed onto few nodes give the run they give one per node."""
 
-import json
 from pathlib import Path
 
 import pytest
@@ -8,14 +7,14 @@ import tomli_w
 import torch
 
 from fedhn.launch.superlink import LocalSuperLink
+from tests.conftest import read_rounds
 
 pytestmark = pytest.mark.simulation
 PROJECT = Path(__file__).resolve().parent.parent
 
 
 def _rounds(out_dir: Path) -> list[dict]:
-    lines = (out_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in ("wall_time", "failures")} for line in lines]
+    return [{k: v for k, v in r.items() if k not in ("wall_time", "failures")} for r in read_rounds(out_dir)]
 
 
 def test_ten_clients_on_two_nodes_give_the_run_of_ten_nodes(tmp_path):

@@ -106,8 +106,13 @@ class Run:
         runs = list(self.group.runs().values())
         return runs[0] if runs and runs[0].rounds else None
 
+    def finished_results(self) -> RunResults | None:
+        """The run's results once it has run all its rounds, else None."""
+        results = self.results()
+        return results if results is not None and complete(results) else None
+
     def finished(self) -> bool:
-        return (results := self.results()) is not None and complete(results)
+        return self.finished_results() is not None
 
 
 GRID: tuple[Run, ...] = (
@@ -164,7 +169,7 @@ def client_accuracy(run: RunResults, key: str) -> float | None:
 
 def finished(runs: Sequence[Run]) -> dict[Run, RunResults]:
     """The finished ``runs`` and their results (each run's files read once)."""
-    return {run: results for run in runs if (results := run.results()) is not None and complete(results)}
+    return {run: results for run in runs if (results := run.finished_results()) is not None}
 
 
 def settings_table(done: dict[Run, RunResults]) -> str:

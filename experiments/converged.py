@@ -27,6 +27,7 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -144,15 +145,23 @@ def write_subset(source: Path = SOURCE, target: Path = DATA, per_class: int = PE
 # --- reading runs ------------------------------------------------------------------------------------
 
 
-def plateau(accuracies: Sequence[float], window: int = 5) -> tuple[bool, int]:
-    """(whether the run has plateaued, the round its plateau starts), accuracies as fractions."""
+class Plateau(NamedTuple):
+    """The plateau rule's verdict on one run."""
+
+    reached: bool
+    start: int  # the first round within 0.5 points of the run's best
+    slope: float | None  # of a least-squares line through the last 5 rounds, per round; None if shorter
+
+
+def plateau(accuracies: Sequence[float], window: int = 5) -> Plateau:
+    """The plateau rule (module docstring) applied to a run's accuracies, as fractions."""
     best = max(accuracies)
     start = next(r for r, a in enumerate(accuracies, 1) if a >= best - 0.005)
     if len(accuracies) < window:
-        return False, start
+        return Plateau(False, start, None)
     last = np.asarray(accuracies[-window:])
-    slope = np.polyfit(np.arange(window), last, 1)[0]
-    return bool(last.max() >= best - 0.005 and slope < 0.002), start
+    slope = float(np.polyfit(np.arange(window), last, 1)[0])
+    return Plateau(bool(last.max() >= best - 0.005 and slope < 0.002), start, slope)
 
 
 def seconds_per_round(run: RunResults) -> float:
@@ -176,8 +185,9 @@ def settings_table(done: dict[Run, RunResults]) -> str:
     """Rows: methods; cells over the seeds of the finished runs ``done`` of one setting: mean ± std of
     central final and best accuracy, per-client mean and worst 10%, the plateau, seconds per round."""
     lines = [
-        "| method | runs | final | best | plateaued | plateau from round | client mean | client worst 10% | s / round |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | runs | final | best | plateaued | plateau from round | last-5 slope (points / round) "
+        "| client mean | client worst 10% | s / round |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method in METHODS:
         runs = [results for run, results in done.items() if run.method == method]
@@ -188,8 +198,9 @@ def settings_table(done: dict[Run, RunResults]) -> str:
             str(len(runs)),
             mean_std([r.final_accuracy for r in runs]),
             mean_std([r.best[0] for r in runs]),
-            f"{sum(p for p, _ in plateaus)}/{len(runs)}",
-            "/".join(str(start) for _, start in plateaus),
+            f"{sum(p.reached for p in plateaus)}/{len(runs)}",
+            "/".join(str(p.start) for p in plateaus),
+            "/".join("-" if p.slope is None else f"{round(100 * p.slope, 2) + 0.0:.2f}" for p in plateaus),  # no -0.00
             mean_std([client_accuracy(r, "mean_accuracy") for r in runs if r.client_rounds]),
             mean_std([client_accuracy(r, "worst_10pct_accuracy") for r in runs if r.client_rounds]),
             f"{statistics.fmean(seconds_per_round(r) for r in runs):.0f}",

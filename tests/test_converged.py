@@ -13,15 +13,18 @@ from experiments.converged import GRID, Run, plateau, write_subset
 
 def test_a_flat_tail_is_a_plateau_starting_where_the_run_came_within_half_a_point_of_its_best():
     accuracies = [0.30, 0.50, 0.60, 0.654, 0.655, 0.657, 0.656, 0.658, 0.657]
-    assert plateau(accuracies) == (True, 4)  # round 4 is the first within 0.5 points of 0.658
+    verdict = plateau(accuracies)
+    assert (verdict.reached, verdict.start) == (True, 4)  # round 4 is the first within 0.5 points of 0.658
 
 
 def test_a_tail_still_rising_a_point_per_round_is_no_plateau():
-    assert plateau([0.30, 0.40, 0.50, 0.51, 0.52, 0.53, 0.54]) == (False, 7)
+    verdict = plateau([0.30, 0.40, 0.50, 0.51, 0.52, 0.53, 0.54])
+    assert (verdict.reached, verdict.start) == (False, 7)
+    assert verdict.slope == pytest.approx(0.01)
 
 
 def test_a_tail_that_fell_more_than_half_a_point_below_the_best_is_no_plateau():
-    assert plateau([0.30, 0.70, 0.60, 0.60, 0.60, 0.60, 0.60])[0] is False
+    assert plateau([0.30, 0.70, 0.60, 0.60, 0.60, 0.60, 0.60]).reached is False
 
 
 def test_the_subset_keeps_the_first_images_of_every_class_in_file_order_and_the_whole_test_set(tmp_path):
@@ -94,7 +97,7 @@ def test_the_report_gives_mean_and_std_over_seeds_and_the_paired_differences(run
     )
     text = converged.report(plot_dir=None)
     rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
-    assert rows["| bn"] == "| bn | 2 | 60.1 ± 0.1 | 60.1 ± 0.1 | 2/2 | 3/3 | 50.0 ± 0.0 | 40.0 ± 0.0 | 10 |"
+    assert rows["| bn"] == "| bn | 2 | 60.1 ± 0.1 | 60.1 ± 0.1 | 2/2 | 3/3 | 0.00/0.04 | 50.0 ± 0.0 | 40.0 ± 0.0 | 10 |"
     assert rows["| hn_g8"].startswith("| hn_g8 | 2 | 63.5 ± 0.7 |")
     assert rows["| hn_g8 - bn"] == "| hn_g8 - bn | s0 +4.0, s1 +2.8 | +3.4 |"
     assert "| gn_g8 |" not in text  # not finished
@@ -105,6 +108,6 @@ def test_the_pilot_runs_get_their_own_section_and_do_not_count_as_grid_runs(runs
     _write_run(Run("b2-4", "bn", 0, pilot=True), [0.3, 0.4, 0.5], client_mean=0.5)
     text = converged.report(plot_dir=None)
     pilot = text[text.index("## Pilot") :]
-    assert "| bn | 1 | 50.0 | 50.0 | 0/1 | 3 |" in pilot
+    assert "| bn | 1 | 50.0 | 50.0 | 0/1 | 3 | - |" in pilot
     assert "## batch 2-4, IID" not in text
     assert f"not finished yet: {len(GRID)} of {len(GRID)}" in text

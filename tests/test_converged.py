@@ -43,14 +43,16 @@ def test_every_run_of_the_grid_is_one_fedhn_compare_of_its_norm_with_its_overrid
     command = Run("hetero", "fixbn", 2).group.command()
     overrides = command[command.index("--run-config", command.index("--run-config") + 1) + 1]
     assert command[command.index("--norms") + 1] == "bn"
-    assert f"freeze-stats-after={converged.ROUNDS // 2}" in overrides
+    assert "num-server-rounds=50" in overrides and "freeze-stats-after=25" in overrides  # hetero runs 50 rounds
     assert "dirichlet-alpha=0.1" in overrides and overrides.endswith("seed=2")
     assert command[-2:] == ["--out", "docs/results/converged/hetero/fixbn-s2"]
 
 
 def test_every_run_of_the_grid_is_a_valid_run_config():
     configs = {run.name: run.config() for run in GRID}
-    assert configs["b2-4/fixbn-s1"].freeze_stats_after == converged.ROUNDS // 2
+    assert (configs["b2-4/fixbn-s1"].num_server_rounds, configs["b2-4/fixbn-s1"].freeze_stats_after) == (30, 15)
+    assert (configs["hetero/fixbn-s0"].num_server_rounds, configs["hetero/fixbn-s0"].freeze_stats_after) == (50, 25)
+    assert configs["hetero/bn-s0"].num_server_rounds == 50
     assert configs["hetero/fedbn-s0"].stats_aggregation == "local"
     assert (configs["shift/bn-s0"].feature_shift, configs["b128/hn-s0"].batch_sizes) == ("auto", (128,))
     assert {c.model for c in configs.values()} == {"resnet10"}
@@ -104,10 +106,13 @@ def test_the_report_gives_mean_and_std_over_seeds_and_the_paired_differences(run
     assert f"not finished yet: {len(GRID) - 4} of {len(GRID)}" in text
 
 
-def test_the_pilot_runs_get_their_own_section_and_do_not_count_as_grid_runs(runs_dir):
+def test_each_pilot_gets_its_own_section_and_its_runs_do_not_count_as_grid_runs(runs_dir):
     _write_run(Run("b2-4", "bn", 0, pilot=True), [0.3, 0.4, 0.5], client_mean=0.5)
+    _write_run(Run("hetero", "hn_g8", 0, pilot=True), [0.2, 0.3, 0.4, 0.5, 0.6, 0.7], client_mean=0.5)
     text = converged.report(plot_dir=None)
-    pilot = text[text.index("## Pilot") :]
-    assert "| bn | 1 | 50.0 | 50.0 | 0/1 | 3 | - |" in pilot
-    assert "## batch 2-4, IID" not in text
+    b2_4 = text[text.index("## Pilot: batch 2-4, IID, 20 rounds") : text.index("## Pilot: batch 2..128")]
+    assert "| bn | 1 | 50.0 | 50.0 | 0/1 | 3 | - |" in b2_4 and "| hn_g8 |" not in b2_4
+    hetero = text[text.index("## Pilot: batch 2..128, Dir 0.1, 30 rounds") :]
+    assert "| hn_g8 | 1 | 70.0 | 70.0 | 0/1 | 6 | 10.00 |" in hetero
+    assert "## batch 2-4, IID, 30 rounds" not in text
     assert f"not finished yet: {len(GRID)} of {len(GRID)}" in text

@@ -16,8 +16,9 @@ from fedhn.app.client_evaluation import evaluate_node
 from fedhn.app.client_store import ClientStore, store_directory
 from fedhn.app.config import RunConfig
 from fedhn.app.federated_calibration import node_sums
+from fedhn.app.layout import ClientLayout, client_layout
 from fedhn.app.node import reply_content, train_node
-from fedhn.app.task import ClientLayout, TrainingRound
+from fedhn.app.task import TrainingRound
 from strategies.replies import CLIENTS
 
 app = ClientApp()
@@ -37,14 +38,14 @@ def run_config(mapping: Mapping) -> RunConfig:
 
 
 def _layout(context: Context) -> ClientLayout:
-    config = run_config(context.run_config)
-    return ClientLayout(int(context.node_config["num-partitions"]), config.clients_per_node)
+    return client_layout(run_config(context.run_config), int(context.node_config["num-partitions"]))
 
 
 @app.query("partition")
 def partition(msg: Message, context: Context) -> Message:
-    """Tell the server which partition this node holds (it hosts the clients of that partition)."""
-    metrics = MetricRecord({"partition-id": int(context.node_config["partition-id"])})
+    """Tell the server which partition this node holds, of how many (it hosts the clients the layout gives
+    that partition)."""
+    metrics = MetricRecord({key: int(context.node_config[key]) for key in ("partition-id", "num-partitions")})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
 

@@ -4,6 +4,7 @@ record of every round (:mod:`fedhn.app.round_log`)."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -15,12 +16,13 @@ from fedhn.app.checkpoint import restore
 from fedhn.app.client_store import TRAIN_STATE_DIR, client_state_dir, drop_versions_after
 from fedhn.app.config import ConfigError, RunConfig
 from fedhn.app.federated_calibration import FederatedCalibration
+from fedhn.app.layout import client_layout
 from fedhn.app.nodes import QUERY_TIMEOUT, PartitionDirectory, error_summary
 from fedhn.app.preflight import run_problems
 from fedhn.app.results import with_output_dir
 from fedhn.app.round_log import RoundLog
 from fedhn.app.schedule import round_lr
-from fedhn.app.task import ClientLayout, new_model
+from fedhn.app.task import new_model
 from strategies import StatsFedAvg
 
 app = ServerApp()
@@ -30,8 +32,7 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     config = with_output_dir(RunConfig.from_mapping(context.run_config))
     determinism.apply(config.deterministic)
-    layout = ClientLayout(len(list(grid.get_node_ids())), config.clients_per_node)
-    if problems := run_problems(config, num_partitions=layout.clients):
+    if problems := run_problems(config, num_partitions=len(list(grid.get_node_ids())) * config.clients_per_node):
         raise ConfigError.listing(problems)
     torch.manual_seed(config.seed)
     model = new_model(config)
@@ -39,7 +40,9 @@ def main(grid: Grid, context: Context) -> None:
     state_dir = client_state_dir(config.out_dir)
     drop_versions_after(state_dir, first_round - 1)  # client state of rounds the checkpoint does not cover
     # the first query starts the ClientApps (Ray workers, imports): it may take as long as a round
-    nodes = PartitionDirectory(config.clients_per_node, timeout=max(QUERY_TIMEOUT, config.round_timeout))
+    nodes = PartitionDirectory(
+        functools.partial(client_layout, config), timeout=max(QUERY_TIMEOUT, config.round_timeout)
+    )
     strategy = StatsFedAvg(
         stats_aggregation=config.stats_aggregation,
         round_config=lambda server_round: {"lr": round_lr(config, server_round), TRAIN_STATE_DIR: str(state_dir)},

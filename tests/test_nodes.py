@@ -3,6 +3,7 @@
 from flwr.app import Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedhn.app.layout import ClientLayout
 from fedhn.app.nodes import PartitionDirectory, error_summary
 
 
@@ -22,7 +23,7 @@ class PartitionGrid:
         for message in messages:
             node = message.metadata.dst_node_id
             self.queried.append(node)
-            metrics = MetricRecord({"partition-id": self.partitions[node]})
+            metrics = MetricRecord({"partition-id": self.partitions[node], "num-partitions": len(self.partitions)})
             reply = Message(RecordDict({"metrics": metrics}), reply_to=message)
             replies.append(reply)
         return replies
@@ -31,7 +32,7 @@ class PartitionGrid:
 def test_nodes_are_ordered_by_partition_and_asked_only_once():
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     try:
-        directory, grid = PartitionDirectory(), PartitionGrid()
+        directory, grid = PartitionDirectory(ClientLayout.blocks), PartitionGrid()
         assert directory.order(grid) == [12, 13, 11]
         assert directory.order(grid) == [12, 13, 11]
         assert sorted(grid.queried) == [11, 12, 13]
@@ -46,10 +47,22 @@ def test_error_summary_keeps_the_exception_message_of_a_ray_traceback():
     assert len(error_summary("x" * 1000)) == 300
 
 
-def test_a_node_holding_partition_p_hosts_clients_p_times_m_onwards():
+def test_a_node_hosts_the_clients_the_layout_of_all_partitions_gives_its_partition():
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     try:
-        clients = PartitionDirectory(clients_per_node=3).clients(PartitionGrid())
-        assert clients == {12: [0, 1, 2], 13: [3, 4, 5], 11: [6, 7, 8]}
+        layouts = []
+
+        def layout(nodes: int) -> ClientLayout:
+            layouts.append(nodes)
+            return ClientLayout(((0, 4, 8), (1, 3, 5), (2, 6, 7)))
+
+        clients = PartitionDirectory(layout).clients(PartitionGrid())
+        assert clients == {12: [0, 4, 8], 13: [1, 3, 5], 11: [2, 6, 7]}
+        assert layouts == [3]
+        assert PartitionDirectory(lambda nodes: ClientLayout.blocks(nodes, 3)).clients(PartitionGrid()) == {
+            12: [0, 1, 2],
+            13: [3, 4, 5],
+            11: [6, 7, 8],
+        }
     finally:
         TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None

@@ -251,8 +251,15 @@ class RunConfig:
     clients_per_node: int = _key(
         1,
         "logical clients each node (simulated or real SuperNode) hosts, trained packed in one process: "
-        "node i of N holds clients i*M .. i*M+M-1 of N*M (see *Packed clients*)",
+        "N nodes hold N*M clients, placed by `client-layout` (see *Packed clients*)",
         _at_least(1),
+    )
+    client_layout: str = _key(
+        "blocks",
+        "which clients each node hosts when `clients-per-node > 1`: `blocks` (node i: clients i*M .. i*M+M-1) or "
+        "`balanced` (M each, placed so that the nodes' estimated work is even: faster rounds under label skew "
+        "and mixed batch sizes, the same run; see *Packed clients*)",
+        _choice("blocks", "balanced"),
     )
     pack_clients: bool = _key(
         True,

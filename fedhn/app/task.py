@@ -36,7 +36,6 @@ from fedhn.training import TrainResult, client_lr, train
 
 __all__ = [
     "ClientData",
-    "ClientLayout",
     "client_data",
     "client_model",
     "round_model",
@@ -59,22 +58,6 @@ __all__ = [
 def device() -> torch.device:
     """CUDA when this process sees a GPU (Ray hides GPUs from clients given none), else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@dataclass(frozen=True)
-class ClientLayout:
-    """``nodes`` nodes of ``clients_per_node`` clients: node p hosts clients p*M .. p*M+M-1."""
-
-    nodes: int
-    clients_per_node: int = 1
-
-    @property
-    def clients(self) -> int:
-        return self.nodes * self.clients_per_node
-
-    def clients_of(self, node: int) -> list[int]:
-        """The client ids (= partition ids) the node holding partition ``node`` hosts."""
-        return list(range(node * self.clients_per_node, (node + 1) * self.clients_per_node))
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from flwr.common.config import parse_config_args
 from fedhn.app.config import ConfigError, RunConfig, load_app_defaults
 from fedhn.app.preflight import run_problems
 from fedhn.app.results import METRICS_FILE, RunResults, read_results
-from fedhn.app.task import ClientLayout
 from fedhn.data import is_folder_path
 from fedhn.launch.report import write_report
 from fedhn.launch.superlink import FlowerConnection, FlowerError, LocalSuperLink
@@ -123,7 +122,7 @@ def plan_runs(
         )
     plans = configure_runs(app_dir, norms, overrides, out_dir)
     first = next(iter(plans.values()))
-    clients = ClientLayout(federation.num_supernodes, first.clients_per_node).clients
+    clients = federation.num_supernodes * first.clients_per_node
     problems = [problem for config in plans.values() for problem in run_problems(config, clients)]
     if clients < first.min_train_nodes:
         problems.append(

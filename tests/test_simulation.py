@@ -84,9 +84,10 @@ def test_stopping_the_superlink_mid_run_ends_the_serverapp_and_ray(tmp_path):
     superlink.start()
     try:
         run_id = superlink.submit(PROJECT, tmp_path / "run.toml", {"num-supernodes": 2})
-        deadline = time.monotonic() + 300  # ~35 s idle; a loaded 2-core CI machine took over 120 s
+        wait_s = 300  # ~35 s idle; a loaded 2-core CI machine took over 120 s
+        deadline = time.monotonic() + wait_s
         while not (tmp_path / "out" / "metrics.jsonl").is_file():
-            assert time.monotonic() < deadline, "no round finished in 300 s"
+            assert time.monotonic() < deadline, f"no round finished in {wait_s} s"
             time.sleep(0.5)
         groups = superlink.process_groups()
         assert groups and superlink.status(run_id)["status"] == "running"

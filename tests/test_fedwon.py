@@ -11,7 +11,7 @@ from torch import nn
 from fedhn.clipping import AdaptiveClipping, adaptive_clip_, classifier_name
 from fedhn.folding import fold_norms
 from fedhn.models import build_model
-from fedhn.models.norm_free import ResidualGain, WSConv2d, standardize_weight
+from fedhn.models.norm_free import RELU_GAMMA, ResidualGain, WSConv2d, standardize_weight
 from fedhn.norms import is_norm, replace_norms
 from fedhn.training import train
 
@@ -25,11 +25,13 @@ def float64():
 
 
 def _reference_standardized(weight: np.ndarray, gain: np.ndarray) -> np.ndarray:
-    """Scaled WS written from the formula, one output channel at a time: g * (W - mean) / (std * sqrt(fan_in))."""
+    """Scaled WS written from the formula, one output channel at a time: gamma * g * (W - mean) / (std * sqrt(fan_in)),
+    gamma = 1 / std(relu(z)) for z ~ N(0, 1), from var(relu(z)) = 1/2 - 1/(2 pi)."""
+    gamma = 1 / math.sqrt(0.5 - 0.5 / math.pi)
     out = np.empty_like(weight)
     for o in range(weight.shape[0]):
         w = weight[o]
-        out[o] = gain[o] * (w - w.mean()) / (w.std() * math.sqrt(w.size))
+        out[o] = gamma * gain[o] * (w - w.mean()) / (w.std() * math.sqrt(w.size))
     return out
 
 
@@ -49,10 +51,26 @@ def test_ws_conv_equals_the_formula(groups):
 def test_ws_conv_weight_has_unit_fan_in_variance_and_gradients_check():
     weight = torch.randn(3, 2, 3, 3, requires_grad=True)
     gain = torch.rand(3, requires_grad=True) + 0.5
-    standardized = standardize_weight(weight, torch.ones(3))
+    standardized = standardize_weight(weight, torch.ones(3), gamma=1.0)
     torch.testing.assert_close(standardized.mean((1, 2, 3)), torch.zeros(3), rtol=0, atol=1e-12)
     torch.testing.assert_close(standardized.var((1, 2, 3), unbiased=False) * 18, torch.ones(3), rtol=0, atol=1e-9)
-    assert torch.autograd.gradcheck(lambda w, g: standardize_weight(w, g), (weight, gain))
+    assert torch.autograd.gradcheck(lambda w, g: standardize_weight(w, g, gamma=RELU_GAMMA), (weight, gain))
+
+
+def _variance_after_ws_relu_layers(depth: int, **ws) -> float:
+    torch.manual_seed(0)
+    x = torch.randn(16, 32, 16, 16)
+    for _ in range(depth):
+        x = WSConv2d(32, 32, 3, padding=1, bias=False, **ws)(torch.relu(x))
+    return float(x.var())
+
+
+@torch.no_grad()
+def test_relu_gamma_keeps_the_activation_variance_through_depth():
+    """NF-ResNets' point: with gamma, ws conv + ReLU layers keep unit variance at init; without it (plain scaled WS)
+    the variance shrinks by var(relu(z)) = 0.34 a layer."""
+    assert 0.5 < _variance_after_ws_relu_layers(8) < 2.0
+    assert _variance_after_ws_relu_layers(8, gamma=1.0) < (0.5 - 0.5 / math.pi) ** 8 * 4
 
 
 def _reference_agc(weight: np.ndarray, grad: np.ndarray, clip: float, eps: float = 1e-3) -> np.ndarray:

@@ -56,13 +56,13 @@ class CohortWSConv2d(CohortConv2d):
 
     def __init__(self, convs: Sequence[WSConv2d], selection: Selection) -> None:
         super().__init__(convs, selection)
-        if any(conv.eps != convs[0].eps for conv in convs):
-            raise ValueError("cannot pack WSConv2d layers of different eps")
-        self.eps = convs[0].eps
+        if any((conv.gamma, conv.eps) != (convs[0].gamma, convs[0].eps) for conv in convs):
+            raise ValueError("cannot pack WSConv2d layers of different gamma or eps")
+        self.gamma, self.eps = convs[0].gamma, convs[0].eps
         self.gain = stack_parameter(convs, "gain")
 
     def member_weights(self, members: Members) -> Tensor:
-        return standardize_weight(take(self.weight, members), take(self.gain, members), self.eps)
+        return standardize_weight(take(self.weight, members), take(self.gain, members), gamma=self.gamma, eps=self.eps)
 
 
 class CohortResidualGain(nn.Module):

@@ -4,14 +4,16 @@
     python -m experiments.central                  # the table from the committed runs (docs/results/central)
     python -m experiments.central --run            # first train the runs of the grid that are missing
     python -m experiments.central --run --norms bn,hn_g8 --batch-sizes 2,128 --seeds 0,1,2 --epochs 30
+    python -m experiments.central --run --norms none --conv ws --agc-clip 0.16 --batch-sizes 4 --lr 0.1,0.4,1.6
 
 Every run trains ``--model`` on ``--data`` with SGD (momentum 0.9, weight decay 5e-4), the linear lr
 scaling rule (``lr * b / 128``), a cosine decay over all steps and crop-flip augmentation, and records the
 test accuracy after every epoch in ``docs/results/central/<run>.json`` (small: commit it). A finished run
-is never repeated; an interrupted run starts over (runs take minutes). The table (also written to
-``docs/results/central.md``) gives the final accuracy as mean ± sample std over seeds and, per norm and
-batch size, the gap to the same norm at the largest batch, marked ``*`` when it exceeds twice the larger
-of the two seed spreads.
+is never repeated; an interrupted run starts over (runs take minutes). ``--lr`` takes several learning rates
+(a sweep), ``--conv ws --agc-clip`` FedWon's norm-free networks (``--norms none``). The table (also written
+to ``docs/results/central.md``) has a row per model, data, epochs, norm (with its conv and clip) and
+learning rate: the final accuracy as mean ± sample std over seeds and, per batch size, the gap to the same
+row at the largest batch, marked ``*`` when it exceeds twice the larger of the two seed spreads.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import json
 import math
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from fedhn.data import crop_flip, load_dataset
-from fedhn.models import build_model
+from fedhn.models import CONVS, build_model
 from fedhn.seeding import torch_generator
 from fedhn.training import client_lr, epoch_batches, evaluate, train
 
@@ -36,19 +39,42 @@ TABLE = ROOT / "docs" / "results" / "central.md"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-small.npz"
 
 
-def run_name(model: str, data: Path, norm: str, batch_size: int, seed: int, epochs: int, lr: float) -> str:
-    """The file stem of one run's record."""
-    return f"{model}-{data.stem}-{norm.replace(',', '_').replace('=', '-')}-b{batch_size}-e{epochs}-lr{lr:g}-s{seed}"
+def method_label(norm: str, conv: str = "plain", agc_clip: float = 0.0) -> str:
+    """The norm with what else defines the method: ``none+ws+agc0.16`` for FedWon, the norm alone otherwise."""
+    return norm + (f"+{conv}" if conv != "plain" else "") + (f"+agc{agc_clip:g}" if agc_clip else "")
 
 
-def train_run(model_name: str, data_path: Path, norm: str, batch_size: int, seed: int, epochs: int, lr: float) -> dict:
-    """Train one run; its record: the settings, the test accuracy after each epoch, the seconds it took."""
-    data = load_dataset(str(data_path))
+@dataclass(frozen=True)
+class CentralRun:
+    """One central run: ``model`` on the .npz ``data`` with ``norm`` (and ``conv``, ``agc_clip``) at ``batch_size``
+    for ``epochs`` epochs, learning rate ``lr`` at batch 128 (scaled linearly), seed ``seed``."""
+
+    model: str
+    data: Path
+    norm: str
+    batch_size: int
+    seed: int
+    epochs: int
+    lr: float
+    conv: str = "plain"
+    agc_clip: float = 0.0
+
+    @property
+    def name(self) -> str:
+        """The file stem of the run's record."""
+        method = method_label(self.norm, self.conv, self.agc_clip).replace(",", "_").replace("=", "-")
+        return f"{self.model}-{self.data.stem}-{method}-b{self.batch_size}-e{self.epochs}-lr{self.lr:g}-s{self.seed}"
+
+
+def train_run(run: CentralRun) -> dict:
+    """Train ``run``; its record: the settings, the test accuracy after each epoch, the seconds it took."""
+    data = load_dataset(str(run.data))
     images, labels = data.normalized(data.x_train), data.y_train
     test_images, test_labels = data.normalized(data.x_test), data.y_test
-    torch.manual_seed(seed)
-    model = build_model(model_name, data.num_classes, norm, data.channels, data.image_size)
-    generator = torch_generator("central", seed)
+    torch.manual_seed(run.seed)
+    model = build_model(run.model, data.num_classes, run.norm, data.channels, data.image_size, conv=run.conv)
+    batch_size, epochs = run.batch_size, run.epochs
+    generator = torch_generator("central", run.seed)
     mean, std = data.channel_stats
     black = -mean / std
     steps_per_epoch = len(epoch_batches(len(images), batch_size, torch.Generator()))  # the same every epoch
@@ -70,42 +96,47 @@ def train_run(model_name: str, data_path: Path, norm: str, batch_size: int, seed
         labels,
         batch_size=batch_size,
         epochs=epochs,
-        lr=client_lr(lr, batch_size, "linear"),
+        lr=client_lr(run.lr, batch_size, "linear"),
         momentum=0.9,
         weight_decay=5e-4,
         generator=generator,
         augment=lambda batch: crop_flip(batch, black, generator),
         after_step=after_step,
+        agc_clip=run.agc_clip,
         lr_factor=lambda t: 0.5 * (1 + math.cos(math.pi * t / total)),
     )
     return {
-        "model": model_name,
-        "data": data_path.name,
-        "norm": norm,
+        "model": run.model,
+        "data": run.data.name,
+        "norm": run.norm,
+        "conv": run.conv,
+        "agc_clip": run.agc_clip,
         "batch_size": batch_size,
-        "seed": seed,
+        "seed": run.seed,
         "epochs": epochs,
-        "lr": lr,
+        "lr": run.lr,
         "test_accuracy": accuracy,
         "seconds": round(time.perf_counter() - start, 1),
     }
 
 
 def table(records: list[dict]) -> str:
-    """The markdown table of final accuracies (%), one row per (model, data, epochs, norm), one column per batch."""
+    """The markdown table of final accuracies (%), one row per (model, data, epochs, method, lr), one column per
+    batch (records written before conv and agc_clip were recorded are plain convs without clipping)."""
     groups: dict[tuple, dict[int, list[float]]] = {}
     for r in records:
-        key = (r["model"], r["data"], r["epochs"], r["norm"])
+        method = method_label(r["norm"], r.get("conv", "plain"), r.get("agc_clip", 0.0))
+        key = (r["model"], r["data"], r["epochs"], method, r["lr"])
         groups.setdefault(key, {}).setdefault(r["batch_size"], []).append(100 * r["test_accuracy"][-1])
     batches = sorted({r["batch_size"] for r in records})
     lines = [
-        "| model | data | epochs | norm | " + " | ".join(f"batch {b}" for b in batches) + " |",
-        "|---" * (4 + len(batches)) + "|",
+        "| model | data | epochs | norm | lr | " + " | ".join(f"batch {b}" for b in batches) + " |",
+        "|---" * (5 + len(batches)) + "|",
     ]
-    for (model, data, epochs, norm), by_batch in sorted(groups.items()):
+    for (model, data, epochs, method, lr), by_batch in sorted(groups.items()):
         largest = by_batch[max(by_batch)]
         cells = [_cell(by_batch[b], largest) if b in by_batch else "" for b in batches]
-        lines.append(f"| {model} | {data} | {epochs} | {norm} | " + " | ".join(cells) + " |")
+        lines.append(f"| {model} | {data} | {epochs} | {method} | {lr:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -132,7 +163,11 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="2,128", help="comma-separated batch sizes")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--lr", type=float, default=0.1, help="learning rate at batch 128 (linear scaling)")
+    parser.add_argument(
+        "--lr", default="0.1", help="comma-separated learning rates at batch 128 (linear scaling): one run each"
+    )
+    parser.add_argument("--conv", default="plain", choices=CONVS, help="ws: scaled weight standardization (FedWon)")
+    parser.add_argument("--agc-clip", type=float, default=0.0, help="adaptive gradient clipping (FedWon); 0: off")
     parser.add_argument(
         "--threads",
         type=int,
@@ -140,6 +175,10 @@ def main() -> None:
         help="torch threads (two 1-thread processes on disjoint grids train more runs per hour)",
     )
     args = parser.parse_args()
+    try:
+        lrs = [float(lr) for lr in args.lr.split(",")]
+    except ValueError:
+        parser.error(f"--lr {args.lr!r}: give comma-separated numbers, e.g. 0.1,0.4")
     if args.run:
         if not args.data.exists():
             parser.error(f"--data {args.data} does not exist; pass a .npz (x_train, y_train, x_test, y_test)")
@@ -148,14 +187,16 @@ def main() -> None:
         for seed in map(int, args.seeds.split(",")):
             for batch_size in map(int, args.batch_sizes.split(",")):
                 for norm in args.norms.split(","):
-                    path = (
-                        RUNS / f"{run_name(args.model, args.data, norm, batch_size, seed, args.epochs, args.lr)}.json"
-                    )
-                    if path.exists():
-                        continue
-                    record = train_run(args.model, args.data, norm, batch_size, seed, args.epochs, args.lr)
-                    path.write_text(json.dumps(record, indent=1) + "\n")
-                    print(f"{path.name}: {100 * record['test_accuracy'][-1]:.1f} % in {record['seconds']:.0f} s")
+                    for lr in lrs:
+                        run = CentralRun(
+                            args.model, args.data, norm, batch_size, seed, args.epochs, lr, args.conv, args.agc_clip
+                        )
+                        path = RUNS / f"{run.name}.json"
+                        if path.exists():
+                            continue
+                        record = train_run(run)
+                        path.write_text(json.dumps(record, indent=1) + "\n")
+                        print(f"{path.name}: {100 * record['test_accuracy'][-1]:.1f} % in {record['seconds']:.0f} s")
     records = [json.loads(p.read_text()) for p in sorted(RUNS.glob("*.json"))]
     if not records:
         print(f"no runs in {RUNS}; train some with --run")

@@ -32,6 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from experiments.reproduce import ROOT, Group, complete, mean_std, plot_bands, run_groups
+from fedhn.app.checkpoint import config_changes
 from fedhn.app.config import RunConfig
 from fedhn.app.results import RunResults
 from fedhn.launch.compare import configure_runs, parse_run_config_args
@@ -43,7 +44,8 @@ SOURCE = ROOT.parent / "shared" / "data" / "cifar10.npz"
 PER_CLASS = 2500  # training images of each class: 25,000, of which clients train on 80% (20,000)
 DATA = ROOT / "outputs" / "data" / f"cifar10-{10 * PER_CLASS}.npz"
 ROUNDS = tomllib.loads((ROOT / CONFIG).read_text())["num-server-rounds"]
-FEDERATION = ("--num-supernodes", "2", "--clients-per-node", "5", "--cpus-per-client", "1")
+CLIENTS_PER_NODE = 5
+FEDERATION = ("--num-supernodes", "2", "--clients-per-node", str(CLIENTS_PER_NODE), "--cpus-per-client", "1")
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,9 @@ METHODS = {
     "hn": ("hn", ""),
     "hn_g8": ("hn_g8", ""),
     "fixbn": ("bn", "freeze-stats-after={half_rounds}"),
-    "fedwon": ("none", 'conv="ws" agc-clip=0.16'),
+    # norm-free nets want a larger learning rate: the best of a central sweep (docs/results/central.md, 5 epochs
+    # at batch 4: 29.3 % at the normalized nets' 0.1, 49.7 at 1.6, 25.5 at 3.2)
+    "fedwon": ("none", 'conv="ws" agc-clip=0.16 lr=1.6'),
     "frn": ("frn", ""),
     "brn": ("brn", ""),
     "fedbn": ("bn", 'stats-aggregation="local"'),
@@ -116,6 +120,7 @@ class Run:
         """The run's validated run config (raises ConfigError naming what is wrong)."""
         group = self.group
         overrides = parse_run_config_args([str(ROOT / group.config), group.overrides])
+        overrides["clients-per-node"] = CLIENTS_PER_NODE  # what fedhn compare's --clients-per-node sets
         return configure_runs(ROOT, group.norms, overrides, group.out_dir)[group.norms[0]]
 
     def results(self) -> RunResults | None:
@@ -123,10 +128,18 @@ class Run:
         runs = list(self.group.runs().values())
         return runs[0] if runs and runs[0].rounds else None
 
+    def stale(self, results: RunResults) -> str:
+        """How the config the run on disk ran with differs from the run's definition now (empty if it does not;
+        the dataset compared by file name, as the checkout's path may differ)."""
+        current = self.config().to_dict()
+        saved = dict(results.run_config)
+        saved["dataset"], current["dataset"] = Path(saved.get("dataset", "")).name, Path(current["dataset"]).name
+        return config_changes(saved, current)
+
     def finished_results(self) -> RunResults | None:
-        """The run's results once it has run all its rounds, else None."""
+        """The run's results once it has run all its rounds with its definition's config, else None."""
         results = self.results()
-        return results if results is not None and complete(results) else None
+        return results if results is not None and complete(results) and not self.stale(results) else None
 
     def finished(self) -> bool:
         return self.finished_results() is not None
@@ -291,13 +304,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown runs {unknown}; --list shows the grid (e.g. {GRID[0].name})")
     if args.list:
         for run in GRID:
-            state = "finished" if run.finished() else "to run"
+            results = run.results()
+            changes = run.stale(results) if results is not None else ""
+            state = f"stale: {changes}" if changes else "finished" if run.finished() else "to run"
             print(f"{run.name} ({state}):\n    {shlex.join(run.group.command())}")
         return 0
     if args.run:
         todo = [run for run in GRID if (not args.only or run.name in args.only) and not run.finished()]
         for run in todo:  # every config checked before the first run starts
             run.config()
+            results = run.results()
+            if results is not None and (changes := run.stale(results)):
+                parser.error(
+                    f"{run.name} on disk ran with another config ({changes}); "
+                    f"remove {run.group.out_dir.relative_to(ROOT)} (git rm -r) to run it anew"
+                )
         write_subset()
         run_groups([run.group for run in todo])
     text = report()

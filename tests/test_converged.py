@@ -58,10 +58,12 @@ def test_every_run_of_the_grid_is_a_valid_run_config():
     assert {c.model for c in configs.values()} == {"resnet10"}
 
 
-def _write_run(run: Run, accuracies: list[float], client_mean: float) -> None:
+def _write_run(run: Run, accuracies: list[float], client_mean: float, rounds: int | None = None, **changes) -> None:
+    """The files of ``run`` after ``accuracies`` rounds of ``rounds`` (default: as many), its config the run's
+    definition with ``changes``."""
     run_dir = run.group.run_dir(run.group.norms[0])
     run_dir.mkdir(parents=True)
-    config = {"num-server-rounds": len(accuracies), "norm": run.group.norms[0]}
+    config = run.config().to_dict() | {"num-server-rounds": rounds or len(accuracies)} | changes
     (run_dir / "config.json").write_text(json.dumps({"run_config": config}))
     rounds = [
         {
@@ -93,10 +95,7 @@ def test_the_report_gives_mean_and_std_over_seeds_and_the_paired_differences(run
     for seed, (bn, hn) in enumerate(((0.60, 0.64), (0.602, 0.63))):
         _write_run(Run("b2-4", "bn", seed), flat[:-1] + [bn], client_mean=0.5)
         _write_run(Run("b2-4", "hn_g8", seed), flat[:-1] + [hn], client_mean=0.7)
-    _write_run(Run("b2-4", "gn_g8", 0), [0.1, 0.2], client_mean=0.3)  # unfinished: 2 of 3 rounds
-    (runs_dir / "b2-4" / "gn_g8-s0" / "gn_g8" / "config.json").write_text(
-        json.dumps({"run_config": {"num-server-rounds": 3}})
-    )
+    _write_run(Run("b2-4", "gn_g8", 0), [0.1, 0.2], client_mean=0.3, rounds=3)  # unfinished: 2 of 3 rounds
     text = converged.report(plot_dir=None)
     rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
     assert rows["| bn"] == "| bn | 2 | 60.1 ± 0.1 | 60.1 ± 0.1 | 2/2 | 3/3 | 0.00/0.04 | 50.0 ± 0.0 | 40.0 ± 0.0 | 10 |"
@@ -116,3 +115,19 @@ def test_each_pilot_gets_its_own_section_and_its_runs_do_not_count_as_grid_runs(
     assert "| hn_g8 | 1 | 70.0 | 70.0 | 0/1 | 6 | 10.00 |" in hetero
     assert "## batch 2-4, IID," not in text
     assert f"not finished yet: {len(GRID)} of {len(GRID)}" in text
+
+
+def test_a_run_that_ran_with_another_config_than_its_definition_is_stale_not_finished(runs_dir, capsys):
+    fedwon = Run("b2-4", "fedwon", 0)
+    _write_run(fedwon, [0.2, 0.3, 0.3, 0.3, 0.3, 0.3], client_mean=0.3, lr=0.1)  # the definition has lr=1.6
+    _write_run(Run("b2-4", "bn", 0), [0.2, 0.3, 0.3, 0.3, 0.3, 0.3], client_mean=0.3, **{"round-timeout": 60.0})
+    assert fedwon.stale(fedwon.results()) == "lr: 0.1 -> 1.6"
+    assert not fedwon.finished() and Run("b2-4", "bn", 0).finished()  # a resumable key may differ
+    assert "| fedwon |" not in converged.report(plot_dir=None)
+    converged.main(["--list"])
+    assert "b2-4/fedwon-s0 (stale: lr: 0.1 -> 1.6)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        converged.main(["--run", "--only", "b2-4/fedwon-s0"])
+    error = capsys.readouterr().err
+    assert "b2-4/fedwon-s0 on disk ran with another config (lr: 0.1 -> 1.6)" in error
+    assert f"remove {(runs_dir / 'b2-4' / 'fedwon-s0').relative_to(converged.ROOT)} (git rm -r)" in error

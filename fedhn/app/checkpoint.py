@@ -28,6 +28,7 @@ __all__ = [
     "Checkpoint",
     "check_restore",
     "check_state_fits",
+    "config_changes",
     "load_checkpoint",
     "load_state_dict_file",
     "restore",
@@ -100,6 +101,17 @@ def check_state_fits(state: Any, model: nn.Module, path: Path) -> dict[str, Tens
     return dict(state)
 
 
+def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
+    """What a run with run config ``current`` changes against one that ran with ``saved``, beyond the keys a
+    resume may change (``"key: old -> new, ..."``, empty when nothing). A key added to fedhn after ``saved``
+    was written counts as its default there."""
+    saved = DEFAULTS | dict(saved)
+    changed = sorted(
+        key for key in set(current) | set(saved) if key not in RESUMABLE_CHANGES and current.get(key) != saved.get(key)
+    )
+    return ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+
+
 def load_checkpoint(out_dir: Path, run_config: Mapping[str, Any], model: nn.Module) -> Checkpoint | None:
     """The checkpoint in ``out_dir`` (``None`` if there is none), checked against the run.
 
@@ -112,16 +124,9 @@ def load_checkpoint(out_dir: Path, run_config: Mapping[str, Any], model: nn.Modu
     payload = load_state_dict_file(path, "checkpoint")
     if not isinstance(payload, Mapping) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a fedhn checkpoint; move it away or choose another out-dir")
-    # A key added to fedhn after the checkpoint was written counts as its default there.
-    saved = DEFAULTS | payload["run_config"]
-    changed = sorted(
-        key
-        for key in set(run_config) | set(saved)
-        if key not in RESUMABLE_CHANGES and run_config.get(key) != saved.get(key)
-    )
+    changed = config_changes(payload["run_config"], run_config)
     if changed:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {run_config.get(k)!r}" for k in changed)
-        raise ValueError(f"{path} belongs to a run with another config ({details}); resume with the same config")
+        raise ValueError(f"{path} belongs to a run with another config ({changed}); resume with the same config")
     return Checkpoint(int(payload["round"]), check_state_fits(payload["model"], model, path), payload["run_config"])
 
 

@@ -1,6 +1,6 @@
 """Local training samples/s of K clients: packed (:mod:`fedhn.cohort`) vs one by one vs the ceiling.
 
-    python -m benchmarks.packing [--quick] [--threads N] [--norms bn hn] [--clients 8 32 128]
+    python -m benchmarks.packing [--quick] [--threads N] [--norms bn hn] [--clients 8 32 128] [--vmap]
     python -m benchmarks.packing --device cuda [--processes 4]
 
 Every client holds the same number of random CIFAR-shaped (3x32x32) examples and trains resnet8 for one
@@ -14,6 +14,8 @@ Candidates (all norms of one scenario and K), timed side by side in ABBA-ordered
 - ``packed``: :func:`fedhn.cohort.pack` of the K models, :func:`fedhn.cohort.train_packed`, :func:`fedhn.cohort.unpack`;
 - ``ceiling``: per batch size b held by m clients, one model trained at batch m*b on all their examples
   (the same work as one wide step, without grouping);
+- with ``--vmap`` also ``vmap``: :class:`fedhn.cohort.FunctionalCohort` (``torch.func``), the fallback for
+  models the cohort layout cannot map, trained and unpacked the same way;
 - on CUDA also ``concurrent``: ``--processes`` P worker processes sharing the GPU, each training its K/P
   clients one by one (:mod:`benchmarks.concurrent`, what Ray does with ``num-gpus = 1/P`` per client).
 
@@ -32,7 +34,7 @@ import torch
 from benchmarks.concurrent import ConcurrentProcesses
 from benchmarks.throughput import paired
 from benchmarks.timing import environment, markdown_table
-from fedhn.cohort import Client, pack, train_packed, unpack
+from fedhn.cohort import Client, FunctionalCohort, pack, train_packed, unpack
 from fedhn.models import build_model
 from fedhn.training import client_lr, train
 
@@ -52,8 +54,11 @@ def _data(clients: int, examples: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.randint(0, 10, (clients, examples), generator=generator)
 
 
-def candidates(norm: str, batches: list[int], examples: int, device: torch.device) -> dict[str, Callable[[], object]]:
-    """One local epoch of every client, three ways, on the same data (each way with its own models)."""
+def candidates(
+    norm: str, batches: list[int], examples: int, device: torch.device, vmap: bool = False
+) -> dict[str, Callable[[], object]]:
+    """One local epoch of every client, three ways (four with ``vmap``), on the same data (each way with its own
+    models)."""
     images, labels = (t.to(device) for t in _data(len(batches), examples))
     models = []
     for seed in range(len(batches)):
@@ -71,8 +76,8 @@ def candidates(norm: str, batches: list[int], examples: int, device: torch.devic
             train(model, client.images, client.labels, batch_size=client.batch_size, epochs=1, lr=client.lr,
                   generator=client.generator, **SETTINGS)  # fmt: skip
 
-    def packed() -> None:
-        cohort = pack(models)
+    def packed(packer: Callable = pack) -> None:
+        cohort = packer(models)
         train_packed(cohort, clients(), epochs=1, **SETTINGS)
         unpack(cohort)
 
@@ -84,7 +89,8 @@ def candidates(norm: str, batches: list[int], examples: int, device: torch.devic
             train(wide[b], images[:count].flatten(0, 1), labels[:count].flatten(), batch_size=b * count, epochs=1,
                   lr=client_lr(0.1, b, "linear"), generator=torch.Generator().manual_seed(0), **SETTINGS)  # fmt: skip
 
-    return {"one-by-one": one_by_one, "packed": packed, "ceiling": ceiling}
+    found = {"one-by-one": one_by_one, "packed": packed, "ceiling": ceiling}
+    return found | ({"vmap": lambda: packed(FunctionalCohort)} if vmap else {})
 
 
 def main() -> None:
@@ -100,13 +106,14 @@ def main() -> None:
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--processes", type=int, default=4, help="CUDA: concurrent worker processes (default 4)")
+    parser.add_argument("--vmap", action="store_true", help="also time the vmap fallback (FunctionalCohort)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     examples = args.examples or (16 if args.quick else 32)
     repeats = args.repeats or (3 if args.quick else 5)
     client_counts = args.clients or (CLIENTS[:2] if args.quick else CLIENTS)
-    kinds = _kinds(device)
+    kinds = _kinds(device, args.vmap)
     print(environment())
     print(
         f"resnet8, 3x32x32, one epoch of {examples} examples per client on {device.type}. samples/s: median wall "
@@ -123,10 +130,11 @@ def main() -> None:
 def _scenario_rows(args, scenario: str, clients: int, examples: int, repeats: int, device: torch.device) -> list:
     """Time every candidate of every norm side by side for one scenario and K; one table row per norm."""
     batches = _client_batches(scenario, clients, examples)
-    base, kinds = args.norms[0], _kinds(device)
+    base, kinds = args.norms[0], _kinds(device, args.vmap)
     table, pools = {}, []
     for norm in args.norms:
-        table |= {f"{norm} {kind}": run for kind, run in candidates(norm, batches, examples, device).items()}
+        runs = candidates(norm, batches, examples, device, args.vmap)
+        table |= {f"{norm} {kind}": run for kind, run in runs.items()}
         if "concurrent" in kinds:
             pools.append(
                 ConcurrentProcesses(norm, *_data(clients, examples), batches, device, args.processes, SETTINGS)
@@ -148,8 +156,8 @@ def _scenario_rows(args, scenario: str, clients: int, examples: int, repeats: in
     return rows
 
 
-def _kinds(device: torch.device) -> tuple[str, ...]:
-    return KINDS + (("concurrent",) if device.type == "cuda" else ())
+def _kinds(device: torch.device, vmap: bool = False) -> tuple[str, ...]:
+    return KINDS + (("concurrent",) if device.type == "cuda" else ()) + (("vmap",) if vmap else ())
 
 
 def _ratio_kind(device: torch.device) -> str:
@@ -160,7 +168,6 @@ KINDS = ("one-by-one", "packed", "ceiling")
 
 
 def _header(base: str, kinds: tuple[str, ...]) -> tuple[str, ...]:
-    concurrent = ("packed/concurrent",) if "concurrent" in kinds else ()
     return (
         "scenario",
         "K",
@@ -169,7 +176,7 @@ def _header(base: str, kinds: tuple[str, ...]) -> tuple[str, ...]:
         "packed/one-by-one",
         "packed/ceiling",
         f"packed/{base}-packed",
-        *concurrent,
+        *(f"packed/{kind}" for kind in kinds[len(KINDS) :]),
     )
 
 

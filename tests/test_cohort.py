@@ -13,10 +13,10 @@ from fedhn.cohort import Client, FunctionalCohort, Group, pack, train_packed, un
 from fedhn.data import crop_flip
 from fedhn.models import build_model
 from fedhn.models.cifar_resnet import CifarResNet
-from fedhn.norms import HeterologousNorm, freeze_statistics, norm_layer
+from fedhn.norms import HeterologousNorm, freeze_statistics, norm_layer, set_renorm_limits
 from fedhn.training import client_lr, train
 
-NORMS = ("bn", "gn_g4", "hn", "hn_g8", "sn", "mean=bn,std=bn+en")
+NORMS = ("bn", "gn_g4", "hn", "hn_g8", "sn", "mean=bn,std=bn+en", "frn", "brn")
 SETTINGS = dict(momentum=0.9, weight_decay=5e-4)
 # (batch size, partition size): every batch size held by 3 clients, uneven tails (a one-example
 # tail merges into the batch before it), clients that finish early.
@@ -156,8 +156,9 @@ def test_packed_weight_standardized_resnet_equals_one_by_one(norm, agc_clip):
     _compare(models, cohort, RESNET_CLIENTS, _data((3, 8, 8), RESNET_CLIENTS), True, 1, atol=1e-10, agc_clip=agc_clip)
 
 
-def test_members_that_are_not_consecutive_get_their_own_gradients_and_statistics():
-    models = _models(lambda: _resnet8("mean=bn,std=bn+en"), 4)
+@pytest.mark.parametrize("norm", ["mean=bn,std=bn+en", "brn", "frn"])
+def test_members_that_are_not_consecutive_get_their_own_gradients_and_statistics(norm):
+    models = _models(lambda: _resnet8(norm), 4)
     cohort = pack(models).train()
     images, labels = [torch.randn(3, 3, 8, 8) for _ in range(2)], [torch.tensor([0, 1, 2]), torch.tensor([3, 2, 1])]
     grads, losses = cohort.gradients([Group(torch.tensor([0, 3]), images, labels)])
@@ -173,6 +174,18 @@ def test_members_that_are_not_consecutive_get_their_own_gradients_and_statistics
             torch.testing.assert_close(states[member][key], value, rtol=0, atol=1e-12, msg=key)
     untouched = models[1].state_dict()
     assert all(torch.equal(states[1][key], value) for key, value in untouched.items())
+
+
+def test_batch_renorm_packs_only_members_of_one_round_and_a_running_average_with_momentum():
+    models = _models(lambda: _resnet8("brn"), 2)
+    layers = sum(type(m).__name__ == "BatchRenorm" for m in models[0].modules())
+    assert sum(type(m).__name__ == "CohortBatchRenorm" for m in pack(models).modules()) == layers == 9
+    set_renorm_limits(models[1], 2.0, 5.0)  # another round's bounds
+    with pytest.raises(ValueError, match=r"BatchRenorm layers of different num_features, eps, momentum, .*r_max"):
+        pack(models)
+    cumulative = _models(lambda: CifarResNet((8, 8, 16), (1, 1, 1), norm_layer("brn", momentum=None), 4), 2)
+    with pytest.raises(ValueError, match=r"cumulative average \(momentum=None\)"):
+        pack(cumulative)  # fedhn.app.task then trains them with the vmap fallback
 
 
 class _Scale(nn.Module):

@@ -29,10 +29,34 @@ from fedhn.norms import HeterologousNorm, PixelSet
 from fedhn.norms.functional import expand_groups, normalize, set_moments, set_size
 from fedhn.norms.fused import accepts, fused_norm, update_running
 
-__all__ = ["CohortNorm"]
+__all__ = ["CohortNorm", "packed_batch_norm"]
 
 _BN = PixelSet(True, None)
 _BUFFERS = ("running_mean", "running_var", "running_var_center", "num_batches_tracked")
+
+
+def packed_batch_norm(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    state: dict[str, Tensor],
+    factor: float,
+    eps: float,
+    selection: Selection,
+) -> Tensor:
+    """``F.batch_norm`` over the k*C channels of the selected members, moving their ``running_mean`` and
+    ``running_var`` rows in ``state`` (each (k, C)). Its backward reads the running statistics it updated, so a
+    step that runs several groups (which update other rows of the same buffers before the backward) hands it
+    copies."""
+    names = ("running_mean", "running_var")
+    if selection.count == selection.size:
+        return F.batch_norm(x, *(state[name].view(-1) for name in names), weight, bias, True, factor, eps)
+    running = [state[name].view(-1).clone() for name in names]
+    y = F.batch_norm(x, *running, weight, bias, True, factor, eps)
+    with torch.no_grad():
+        for name, rows in zip(names, running, strict=True):
+            state[name].copy_(rows.view_as(state[name]))
+    return y
 
 
 def _scaled(s: PixelSet, members: int) -> PixelSet:
@@ -98,7 +122,7 @@ class CohortNorm(nn.Module):
         state = {name: take(getattr(self, name), members) for name in _BUFFERS if hasattr(self, name)}
         factor = self._advance(state)
         if isinstance(factor, float) and self._kernel == "batch_norm":
-            y = self._batch_norm(x, weight, bias, state, factor)
+            y = packed_batch_norm(x, weight, bias, state, factor, self.eps, self.selection)
         elif isinstance(factor, float) and self._kernel == "fused" and accepts(x, weight, state["running_mean"]):
             std_sets = tuple(_scaled(s, k) for s in self.std_sets)
             y, stats = fused_norm(x, std_sets, weight, bias, None, self.eps)
@@ -109,22 +133,6 @@ class CohortNorm(nn.Module):
             y = self._forward_general(x, weight, bias, state, factor)
         for name, rows in state.items():
             put_(getattr(self, name), members, rows)
-        return y
-
-    def _batch_norm(
-        self, x: Tensor, weight: Tensor | None, bias: Tensor | None, state: dict[str, Tensor], factor: float
-    ) -> Tensor:
-        """``F.batch_norm`` over the k*C channels. Its backward reads the running statistics it updated,
-        so a step that runs several groups (which update other rows of the same buffers before the
-        backward) hands it copies."""
-        names = ("running_mean", "running_var")
-        if self.selection.count == self.selection.size:
-            return F.batch_norm(x, *(state[name].view(-1) for name in names), weight, bias, True, factor, self.eps)
-        running = [state[name].view(-1).clone() for name in names]
-        y = F.batch_norm(x, *running, weight, bias, True, factor, self.eps)
-        with torch.no_grad():
-            for name, rows in zip(names, running, strict=True):
-                state[name].copy_(rows.view_as(state[name]))
         return y
 
     @torch.no_grad()

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fedhn.cohort.baseline_norms import CohortBatchRenorm, CohortFilterResponseNorm, CohortTLU
 from fedhn.cohort.layers import CohortConv2d, CohortLinear, CohortResidualGain, CohortWSConv2d
 from fedhn.cohort.members import Members, Selection
 from fedhn.cohort.norm import CohortNorm
@@ -25,7 +26,7 @@ from fedhn.cohort.protocol import Group, Packed
 from fedhn.models.cifar_resnet import BasicBlock, CifarResNet
 from fedhn.models.mlp import MLP
 from fedhn.models.norm_free import ResidualGain, WSConv2d
-from fedhn.norms import HeterologousNorm
+from fedhn.norms import TLU, BatchRenorm, FilterResponseNorm, HeterologousNorm
 
 __all__ = ["CONVERTERS", "Cohort", "pack", "pack_inputs", "unpack"]
 
@@ -68,6 +69,9 @@ CONVERTERS: dict[type[nn.Module], Converter] = {
     ResidualGain: _layer(CohortResidualGain),
     nn.Linear: _layer(CohortLinear),
     HeterologousNorm: _layer(CohortNorm),
+    FilterResponseNorm: _layer(CohortFilterResponseNorm),
+    TLU: _layer(CohortTLU),
+    BatchRenorm: _layer(CohortBatchRenorm),
     nn.ReLU: _kept,
     nn.Identity: _kept,
     nn.AdaptiveAvgPool2d: _kept,

@@ -26,7 +26,27 @@ from torch import Tensor, nn
 
 from fedhn.norms.functional import unbiased
 
-__all__ = ["BatchRenorm", "set_renorm_limits"]
+__all__ = ["BatchRenorm", "corrected_affine", "renorm_corrections", "set_renorm_limits"]
+
+
+def renorm_corrections(
+    x: Tensor, running_mean: Tensor, running_var: Tensor, eps: float, r_max: float, d_max: float
+) -> tuple[Tensor, Tensor]:
+    """r and d (each (C,), no gradient) of batch ``x`` (N, C, *spatial) against running statistics (C,)."""
+    with torch.no_grad():
+        var, mean = torch.var_mean(x, dim=[0, *range(2, x.dim())], correction=0)
+        sigma = (running_var + eps).sqrt()
+        r = ((var + eps).sqrt() / sigma).clamp(1 / r_max, r_max)
+        d = ((mean - running_mean) / sigma).clamp(-d_max, d_max)
+    return r, d
+
+
+def corrected_affine(weight: Tensor | None, bias: Tensor | None, r: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
+    """``(gamma * r, gamma * d + beta)`` (``(r, d)`` without affine parameters): the affine parameters that make
+    BatchNorm's output Batch Renorm's."""
+    if weight is None:
+        return r, d
+    return weight * r, torch.addcmul(bias, weight, d)
 
 
 class BatchRenorm(nn.modules.batchnorm._BatchNorm):
@@ -91,24 +111,12 @@ class BatchRenorm(nn.modules.batchnorm._BatchNorm):
         self._check_input_dim(x)
         if not self.training:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-        weight, bias = self._corrected_affine(x)
+        weight, bias = corrected_affine(self.weight, self.bias, *self.corrections(x))
         return F.batch_norm(x, self.running_mean, self.running_var, weight, bias, True, self._update_factor(), self.eps)
 
     def corrections(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """r and d (each (C,), no gradient) of batch ``x`` against the current running statistics."""
-        with torch.no_grad():
-            var, mean = torch.var_mean(x, dim=[0, *range(2, x.dim())], correction=0)
-            sigma = (self.running_var + self.eps).sqrt()
-            r = ((var + self.eps).sqrt() / sigma).clamp(1 / self.r_max, self.r_max)
-            d = ((mean - self.running_mean) / sigma).clamp(-self.d_max, self.d_max)
-        return r, d
-
-    def _corrected_affine(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(gamma * r, gamma * d + beta)``: the affine parameters that make BatchNorm's output Batch Renorm's."""
-        r, d = self.corrections(x)
-        if not self.affine:
-            return r, d
-        return self.weight * r, torch.addcmul(self.bias, self.weight, d)
+        return renorm_corrections(x, self.running_mean, self.running_var, self.eps, self.r_max, self.d_max)
 
     def _update_factor(self) -> float:
         """Advance the batch counter and return the running-average factor (BatchNorm's rule)."""

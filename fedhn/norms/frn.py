@@ -20,7 +20,14 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FilterResponseNorm", "TLU", "activation_after"]
+__all__ = [
+    "FilterResponseNorm",
+    "TLU",
+    "activation_after",
+    "filter_response_norm",
+    "one_position",
+    "thresholded_linear_unit",
+]
 
 LEARNED_EPS_INIT = 1e-4
 
@@ -35,6 +42,27 @@ def _check_input(module: nn.Module, channels: int, x: Tensor) -> None:
 def _per_channel(parameter: Tensor, x: Tensor) -> Tensor:
     """A (C,) parameter shaped to broadcast over (N, C, *spatial)."""
     return parameter.view((1, -1) + (1,) * (x.dim() - 2))
+
+
+def one_position(x: Tensor) -> float:
+    """1.0 when ``x`` (N, C, *spatial) has one position per channel (where FRN's learned eps counts), else 0.0."""
+    return float(math.prod(x.shape[2:]) == 1)
+
+
+def filter_response_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: Tensor) -> Tensor:
+    """``weight * x / sqrt(mean(x^2 over the spatial dims) + eps) + bias`` per (sample, channel); ``eps`` is one
+    value (0-d) or one per channel (C,), ``weight`` and ``bias`` (C,) or both ``None``."""
+    spatial = tuple(range(2, x.dim()))
+    nu2 = x.square().mean(dim=spatial, keepdim=True) if spatial else x.square()
+    y = x * torch.rsqrt(nu2 + (_per_channel(eps, x) if eps.dim() else eps))
+    if weight is not None:
+        y = torch.addcmul(_per_channel(bias, x), y, _per_channel(weight, x))
+    return y
+
+
+def thresholded_linear_unit(x: Tensor, tau: Tensor) -> Tensor:
+    """``max(x, tau)`` with one threshold per channel (``tau`` (C,))."""
+    return torch.maximum(x, _per_channel(tau, x))
 
 
 class FilterResponseNorm(nn.Module):
@@ -74,13 +102,7 @@ class FilterResponseNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(self, self.num_features, x)
-        spatial = tuple(range(2, x.dim()))
-        nu2 = x.square().mean(dim=spatial, keepdim=True) if spatial else x.square()
-        one_position = float(math.prod(x.shape[2:]) == 1)
-        y = x * torch.rsqrt(nu2 + (self.eps + self.eps_l.abs() * one_position))
-        if self.affine:
-            y = torch.addcmul(_per_channel(self.bias, x), y, _per_channel(self.weight, x))
-        return y
+        return filter_response_norm(x, self.weight, self.bias, self.eps + self.eps_l.abs() * one_position(x))
 
     def following_activation(self) -> nn.Module:
         """The activation that replaces the ReLU after this norm: a TLU over its channels."""
@@ -101,7 +123,7 @@ class TLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(self, self.num_features, x)
-        return torch.maximum(x, _per_channel(self.tau, x))
+        return thresholded_linear_unit(x, self.tau)
 
 
 def activation_after(norm: nn.Module) -> nn.Module:

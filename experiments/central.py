@@ -31,7 +31,7 @@ import torch
 from fedhn.data import crop_flip, load_dataset
 from fedhn.models import CONVS, build_model
 from fedhn.seeding import torch_generator
-from fedhn.training import client_lr, epoch_batches, evaluate, train
+from fedhn.training import LR_SCALINGS, client_lr, epoch_batches, evaluate, train
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "docs" / "results" / "central"
@@ -47,7 +47,7 @@ def method_label(norm: str, conv: str = "plain", agc_clip: float = 0.0) -> str:
 @dataclass(frozen=True)
 class CentralRun:
     """One central run: ``model`` on the .npz ``data`` with ``norm`` (and ``conv``, ``agc_clip``) at ``batch_size``
-    for ``epochs`` epochs, learning rate ``lr`` at batch 128 (scaled linearly), seed ``seed``."""
+    for ``epochs`` epochs, learning rate ``lr`` at batch 128 (scaled by ``lr_scaling``), seed ``seed``."""
 
     model: str
     data: Path
@@ -58,12 +58,17 @@ class CentralRun:
     lr: float
     conv: str = "plain"
     agc_clip: float = 0.0
+    lr_scaling: str = "linear"
 
     @property
     def name(self) -> str:
         """The file stem of the run's record."""
         method = method_label(self.norm, self.conv, self.agc_clip).replace(",", "_").replace("=", "-")
-        return f"{self.model}-{self.data.stem}-{method}-b{self.batch_size}-e{self.epochs}-lr{self.lr:g}-s{self.seed}"
+        scaling = "" if self.lr_scaling == "linear" else self.lr_scaling
+        return (
+            f"{self.model}-{self.data.stem}-{method}-b{self.batch_size}-e{self.epochs}-lr{self.lr:g}{scaling}"
+            f"-s{self.seed}"
+        )
 
 
 def train_run(run: CentralRun) -> dict:
@@ -96,7 +101,7 @@ def train_run(run: CentralRun) -> dict:
         labels,
         batch_size=batch_size,
         epochs=epochs,
-        lr=client_lr(run.lr, batch_size, "linear"),
+        lr=client_lr(run.lr, batch_size, run.lr_scaling),
         momentum=0.9,
         weight_decay=5e-4,
         generator=generator,
@@ -115,6 +120,7 @@ def train_run(run: CentralRun) -> dict:
         "seed": run.seed,
         "epochs": epochs,
         "lr": run.lr,
+        "lr_scaling": run.lr_scaling,
         "test_accuracy": accuracy,
         "seconds": round(time.perf_counter() - start, 1),
     }
@@ -122,21 +128,23 @@ def train_run(run: CentralRun) -> dict:
 
 def table(records: list[dict]) -> str:
     """The markdown table of final accuracies (%), one row per (model, data, epochs, method, lr), one column per
-    batch (records written before conv and agc_clip were recorded are plain convs without clipping)."""
+    batch (records written before conv, agc_clip and lr_scaling were recorded: plain convs, no clipping, linear
+    scaling; the lr column names any other scaling)."""
     groups: dict[tuple, dict[int, list[float]]] = {}
     for r in records:
         method = method_label(r["norm"], r.get("conv", "plain"), r.get("agc_clip", 0.0))
-        key = (r["model"], r["data"], r["epochs"], method, r["lr"])
+        key = (r["model"], r["data"], r["epochs"], method, r["lr"], r.get("lr_scaling", "linear"))
         groups.setdefault(key, {}).setdefault(r["batch_size"], []).append(100 * r["test_accuracy"][-1])
     batches = sorted({r["batch_size"] for r in records})
     lines = [
         "| model | data | epochs | norm | lr | " + " | ".join(f"batch {b}" for b in batches) + " |",
         "|---" * (5 + len(batches)) + "|",
     ]
-    for (model, data, epochs, method, lr), by_batch in sorted(groups.items()):
+    for (model, data, epochs, method, lr, scaling), by_batch in sorted(groups.items()):
         largest = by_batch[max(by_batch)]
         cells = [_cell(by_batch[b], largest) if b in by_batch else "" for b in batches]
-        lines.append(f"| {model} | {data} | {epochs} | {method} | {lr:g} | " + " | ".join(cells) + " |")
+        rate = f"{lr:g}" + ("" if scaling == "linear" else f" {scaling}")
+        lines.append(f"| {model} | {data} | {epochs} | {method} | {rate} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -154,7 +162,7 @@ def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", action="store_true", help="train the runs of the grid that are missing first")
     parser.add_argument("--model", default="resnet10")
@@ -164,8 +172,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument(
-        "--lr", default="0.1", help="comma-separated learning rates at batch 128 (linear scaling): one run each"
+        "--lr", default="0.1", help="comma-separated learning rates at batch 128 (see --lr-scaling): one run each"
     )
+    parser.add_argument("--lr-scaling", default="linear", choices=LR_SCALINGS, help="how lr scales with the batch")
     parser.add_argument("--conv", default="plain", choices=CONVS, help="ws: scaled weight standardization (FedWon)")
     parser.add_argument("--agc-clip", type=float, default=0.0, help="adaptive gradient clipping (FedWon); 0: off")
     parser.add_argument(
@@ -176,27 +185,47 @@ def main() -> None:
     )
     args = parser.parse_args()
     try:
-        lrs = [float(lr) for lr in args.lr.split(",")]
+        args.lr = [float(lr) for lr in args.lr.split(",")]
     except ValueError:
         parser.error(f"--lr {args.lr!r}: give comma-separated numbers, e.g. 0.1,0.4")
+    if args.run and not args.data.exists():
+        parser.error(f"--data {args.data} does not exist; pass a .npz (x_train, y_train, x_test, y_test)")
+    return args
+
+
+def grid(args: argparse.Namespace) -> list[CentralRun]:
+    """The runs the arguments name: every seed, batch size, norm and learning rate."""
+    return [
+        CentralRun(
+            args.model,
+            args.data,
+            norm,
+            int(batch),
+            int(seed),
+            args.epochs,
+            lr,
+            args.conv,
+            args.agc_clip,
+            args.lr_scaling,
+        )
+        for seed in args.seeds.split(",")
+        for batch in args.batch_sizes.split(",")
+        for norm in args.norms.split(",")
+        for lr in args.lr
+    ]
+
+
+def main() -> None:
+    args = arguments()
     if args.run:
-        if not args.data.exists():
-            parser.error(f"--data {args.data} does not exist; pass a .npz (x_train, y_train, x_test, y_test)")
         RUNS.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(args.threads)
-        for seed in map(int, args.seeds.split(",")):
-            for batch_size in map(int, args.batch_sizes.split(",")):
-                for norm in args.norms.split(","):
-                    for lr in lrs:
-                        run = CentralRun(
-                            args.model, args.data, norm, batch_size, seed, args.epochs, lr, args.conv, args.agc_clip
-                        )
-                        path = RUNS / f"{run.name}.json"
-                        if path.exists():
-                            continue
-                        record = train_run(run)
-                        path.write_text(json.dumps(record, indent=1) + "\n")
-                        print(f"{path.name}: {100 * record['test_accuracy'][-1]:.1f} % in {record['seconds']:.0f} s")
+        for run in grid(args):
+            path = RUNS / f"{run.name}.json"
+            if not path.exists():
+                record = train_run(run)
+                path.write_text(json.dumps(record, indent=1) + "\n")
+                print(f"{path.name}: {100 * record['test_accuracy'][-1]:.1f} % in {record['seconds']:.0f} s")
     records = [json.loads(p.read_text()) for p in sorted(RUNS.glob("*.json"))]
     if not records:
         print(f"no runs in {RUNS}; train some with --run")

@@ -28,9 +28,15 @@ class TrainResult:
     batch_size: int  # the batch size actually used (see epoch_batches)
 
 
+LR_SCALINGS = ("linear", "sqrt", "none")
+
+
 def client_lr(lr: float, batch_size: int, scaling: str) -> float:
-    """The paper's linear scaling rule: ``lr * b / 128`` (``scaling="linear"``), else ``lr``."""
-    return lr * batch_size / 128 if scaling == "linear" else lr
+    """The learning rate at ``batch_size`` of ``lr`` at batch 128, scaled by one of :data:`LR_SCALINGS`: the paper's
+    linear rule ``lr * b / 128``, the square-root rule ``lr * sqrt(b / 128)``, or ``lr`` itself (``none``)."""
+    if scaling == "linear":
+        return lr * batch_size / 128
+    return lr * math.sqrt(batch_size / 128) if scaling == "sqrt" else lr
 
 
 def epoch_batches(num_examples: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:

@@ -20,8 +20,10 @@ def test_epoch_batches_never_hold_a_single_example_when_avoidable(examples, batc
     assert sorted(torch.cat(batches).tolist()) == list(range(examples))
 
 
-def test_linear_scaling_rule():
-    assert client_lr(0.1, 2, "linear") == pytest.approx(0.1 * 2 / 128)
+def test_learning_rate_scaling_rules():
+    assert client_lr(0.1, 2, "linear") == 0.1 * 2 / 128
+    assert client_lr(0.4, 8, "sqrt") == pytest.approx(0.1)  # sqrt(8 / 128) = 1/4
+    assert client_lr(0.4, 128, "sqrt") == 0.4
     assert client_lr(0.1, 2, "none") == 0.1
 
 

@@ -22,6 +22,7 @@ from fedhn.data.feature_shift import AUTO as AUTO_SHIFT
 from fedhn.data.feature_shift import feature_shift_problem
 from fedhn.models import CONVS, MODELS, model_names
 from fedhn.norms import is_no_norm, norm_layer, parse_spec
+from fedhn.training import LR_SCALINGS
 from strategies import STATS_AGGREGATIONS
 
 __all__ = ["ConfigError", "RunConfig", "Key", "KEYS", "load_app_defaults", "markdown_table", "resolve_run_config"]
@@ -279,8 +280,10 @@ class RunConfig:
     lr: float = _key(0.1, "learning rate at batch size 128", _at_least(0.0))
     lr_scaling: str = _key(
         "linear",
-        "`linear`: each client uses `lr * b / 128` (the paper's rule); `none`: every client uses `lr`",
-        _choice("linear", "none"),
+        "`linear`: each client uses `lr * b / 128` (the paper's rule); `sqrt`: `lr * sqrt(b / 128)` (the "
+        "square-root rule; norm-free nets' best rates fall slower than linearly with the batch); `none`: every "
+        "client uses `lr`",
+        _choice(*LR_SCALINGS),
     )
     lr_schedule: str = _key(
         "constant", "`constant`, or `cosine`: decays over the rounds", _choice("constant", "cosine")

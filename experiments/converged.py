@@ -10,7 +10,8 @@ A run is one ``fedhn compare`` of one method in one setting with one seed, into
 committed (.gitignore), which is all the tables read. The data is a class-balanced subset of
 ../shared/data/cifar10.npz, written once to ``outputs/data`` (the same files every time). Priority 1 (three
 seeds): bn, gn_g8, hn, hn_g8 and FixBN at batch 2-4 (IID) and 2..128 (Dirichlet 0.1); priority 2 (seed 0):
-FedWon, frn, brn, FedBN there, batch 128 as the control, Dirichlet 0.5 and feature-shift clients.
+FedWon, frn, brn, FedBN there, bn and hn_g8 at a larger lr at batch 2-4, batch 128 as the control, Dirichlet
+0.5 and feature-shift clients.
 
 A run has *plateaued* when the best test accuracy of its last 5 rounds is within 0.5 points of its best and
 a least-squares line through its last 5 rounds rises less than 0.2 points per round; its plateau starts at
@@ -68,23 +69,38 @@ SETTINGS = {
     "dir0.5": Setting('batch-sizes="2,4" partitioner="dirichlet" dirichlet-alpha=0.5', "batch 2-4, Dir 0.5"),
     "shift": Setting('batch-sizes="2,4" feature-shift="auto"', "batch 2-4, feature shift"),
 }
-# method -> (norm spec, run-config overrides, where {half_rounds} is half the setting's rounds);
-# fedhn.baselines says what each baseline does
+# FedWon's learning rate per setting. Norm-free nets want a larger one than the normalized nets' 0.1, and its best
+# does not scale linearly with the batch (central sweeps, docs/results/central.md, lr per batch 128): 1.6 at
+# batch 2-4 (5 epochs at batch 4: 29.3 % at 0.1, 49.7 at 1.6, 25.5 at 3.2), 0.4 at batch 128 (56.4 %; 1.6
+# diverges). Batches 2..128 take the square-root rule at 0.2: batch 2 gets linear 1.6's 0.025, batch 4 0.035
+# (48.1 % in 5 epochs), batch 128 0.2 (53.8 % in 15 epochs, 2.6 under 0.4); sqrt at 0.3 fell to 30.5 % at batch 2.
+FEDWON_LR = {
+    "b2-4": "lr=1.6",
+    "hetero": 'lr-scaling="sqrt" lr=0.2',
+    "b128": "lr=0.4",
+    "dir0.5": "lr=1.6",
+    "shift": "lr=1.6",
+}
+# method -> (norm spec, run-config overrides, where {half_rounds} is half the setting's rounds and {fedwon_lr}
+# the setting's FEDWON_LR); fedhn.baselines says what each baseline does
 METHODS = {
     "bn": ("bn", ""),
     "gn_g8": ("gn_g8", ""),
     "hn": ("hn", ""),
     "hn_g8": ("hn_g8", ""),
     "fixbn": ("bn", "freeze-stats-after={half_rounds}"),
-    # norm-free nets want a larger learning rate: the best of a central sweep at batch 4 (docs/results/central.md,
-    # 5 epochs: 29.3 % at the normalized nets' 0.1, 49.7 at 1.6, 25.5 at 3.2)
-    "fedwon": ("none", 'conv="ws" agc-clip=0.16 lr=1.6'),
+    "fedwon": ("none", 'conv="ws" agc-clip=0.16 {fedwon_lr}'),
     "frn": ("frn", ""),
     "brn": ("brn", ""),
     "fedbn": ("bn", 'stats-aggregation="local"'),
+    # the normalized nets at a 4 times larger lr than the paper's 0.1, as FedWon has its own tuned one: centrally
+    # at batch 4 (5 epochs) bn gained 2.7-4.3 points from 0.4-0.8 and hn_g8 2.4 from 0.4 (docs/results/central.md)
+    "bn_lr0.4": ("bn", "lr=0.4"),
+    "hn_g8_lr0.4": ("hn_g8", "lr=0.4"),
 }
 PRIORITY_1 = ("bn", "hn_g8", "gn_g8", "hn", "fixbn")
 PRIORITY_2 = ("fedwon", "frn", "brn", "fedbn")
+LR_PROBES = ("bn_lr0.4", "hn_g8_lr0.4")
 # The headline pairs: (method, reference) compared seed by seed
 PAIRS = tuple((hn, other) for hn in ("hn_g8", "hn") for other in ("bn", "gn_g8", "fixbn"))
 
@@ -110,7 +126,7 @@ class Run:
             f'dataset="{DATA.relative_to(ROOT)}"',
             setting.overrides,
             "" if setting.rounds == ROUNDS else f"num-server-rounds={setting.rounds}",
-            method_overrides.format(half_rounds=setting.rounds // 2),
+            method_overrides.format(half_rounds=setting.rounds // 2, fedwon_lr=FEDWON_LR[self.setting]),
         )
         overrides = " ".join(part for part in parts if part)
         root = RUNS.with_name(RUNS.name + "-pilot") if self.pilot else RUNS
@@ -147,9 +163,8 @@ class Run:
 
 GRID: tuple[Run, ...] = (
     tuple(Run(s, m, seed) for seed in (0, 1, 2) for s in ("b2-4", "hetero") for m in PRIORITY_1)
-    # not hetero/fedwon: FedWon's best lr does not scale linearly with the batch (central sweeps, per 128: 1.6 at
-    # batch 4, 0.4 at batch 128, where 1.6 diverges), so one linearly scaled lr cannot serve batches 2..128
-    + tuple(Run(s, m, 0) for s in ("b2-4", "hetero") for m in PRIORITY_2 if (s, m) != ("hetero", "fedwon"))
+    + tuple(Run(s, m, 0) for s in ("b2-4", "hetero") for m in PRIORITY_2)
+    + tuple(Run("b2-4", m, 0) for m in LR_PROBES)
     + tuple(Run("b128", m, 0) for m in ("bn", "gn_g8", "hn", "hn_g8"))
     + tuple(Run(s, m, 0) for s in ("dir0.5", "shift") for m in ("bn", "hn_g8", "fixbn", "fedbn"))
 )

@@ -56,6 +56,11 @@ def test_every_run_of_the_grid_is_a_valid_run_config():
     assert configs["hetero/fedbn-s0"].stats_aggregation == "local"
     assert (configs["shift/bn-s0"].feature_shift, configs["b128/hn-s0"].batch_sizes) == ("auto", (128,))
     assert {c.model for c in configs.values()} == {"resnet10"}
+    fedwon = {setting: configs[f"{setting}/fedwon-s0"] for setting in ("b2-4", "hetero")}
+    assert {(c.norm, c.conv, c.agc_clip) for c in fedwon.values()} == {("none", "ws", 0.16)}
+    assert (fedwon["b2-4"].lr, fedwon["b2-4"].lr_scaling) == (1.6, "linear")  # FedWon's lr differs by setting
+    assert (fedwon["hetero"].lr, fedwon["hetero"].lr_scaling) == (0.2, "sqrt")
+    assert (configs["b2-4/hn_g8_lr0.4-s0"].norm, configs["b2-4/hn_g8_lr0.4-s0"].lr) == ("hn_g8", 0.4)
 
 
 def _write_run(run: Run, accuracies: list[float], client_mean: float, rounds: int | None = None, **changes) -> None:

@@ -100,14 +100,17 @@ def test_the_report_gives_mean_and_std_over_seeds_and_the_paired_differences(run
     for seed, (bn, hn) in enumerate(((0.60, 0.64), (0.602, 0.63))):
         _write_run(Run("b2-4", "bn", seed), flat[:-1] + [bn], client_mean=0.5)
         _write_run(Run("b2-4", "hn_g8", seed), flat[:-1] + [hn], client_mean=0.7)
+    _write_run(Run("b2-4", "bn_lr0.4", 0), flat[:-1] + [0.65], client_mean=0.6)
+    _write_run(Run("b2-4", "hn_g8_lr0.4", 0), flat[:-1] + [0.66], client_mean=0.6)
     _write_run(Run("b2-4", "gn_g8", 0), [0.1, 0.2], client_mean=0.3, rounds=3)  # unfinished: 2 of 3 rounds
     text = converged.report(plot_dir=None)
     rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
     assert rows["| bn"] == "| bn | 2 | 60.1 ± 0.1 | 60.1 ± 0.1 | 2/2 | 3/3 | 0.00/0.04 | 50.0 ± 0.0 | 40.0 ± 0.0 | 10 |"
     assert rows["| hn_g8"].startswith("| hn_g8 | 2 | 63.5 ± 0.7 |")
     assert rows["| hn_g8 - bn"] == "| hn_g8 - bn | s0 +4.0, s1 +2.8 | +3.4 |"
+    assert rows["| hn_g8_lr0.4 - bn_lr0.4"] == "| hn_g8_lr0.4 - bn_lr0.4 | s0 +1.0 | +1.0 |"  # each pair at its own lr
     assert "| gn_g8 |" not in text  # not finished
-    assert f"not finished yet: {len(GRID) - 4} of {len(GRID)}" in text
+    assert f"not finished yet: {len(GRID) - 6} of {len(GRID)}" in text
 
 
 def test_each_pilot_gets_its_own_section_and_its_runs_do_not_count_as_grid_runs(runs_dir):

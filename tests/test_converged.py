@@ -61,6 +61,7 @@ def test_every_run_of_the_grid_is_a_valid_run_config():
     assert (fedwon["b2-4"].lr, fedwon["b2-4"].lr_scaling) == (1.6, "linear")  # FedWon's lr differs by setting
     assert (fedwon["hetero"].lr, fedwon["hetero"].lr_scaling) == (0.2, "sqrt")
     assert (configs["b2-4/hn_g8_lr0.4-s0"].norm, configs["b2-4/hn_g8_lr0.4-s0"].lr) == ("hn_g8", 0.4)
+    assert (configs["hetero/bn_lr0.4-s0"].lr, configs["hetero/bn_lr0.4-s0"].lr_scaling) == (0.4, "linear")
 
 
 def _write_run(run: Run, accuracies: list[float], client_mean: float, rounds: int | None = None, **changes) -> None:

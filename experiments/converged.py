@@ -299,7 +299,8 @@ def report(plot_dir: Path | None = RUNS.parent) -> str:
             continue
         rounds = sorted({int(results.run_config["num-server-rounds"]) for results in done.values()})
         title = f"{label}, {'/'.join(map(str, rounds))} rounds"
-        parts += [f"## {title}\n", settings_table(done), "", paired_table(done), ""]
+        pairs = paired_table(done)
+        parts += [f"## {title}\n", settings_table(done), ""] + ([pairs, ""] if pairs else [])
         if plot_dir is not None:
             plot = plot_dir / f"{plot_name}.png"
             by_method: dict[str, list[RunResults]] = {}

@@ -124,6 +124,7 @@ def test_each_pilot_gets_its_own_section_and_its_runs_do_not_count_as_grid_runs(
     assert "| hn_g8 | 1 | 70.0 | 70.0 | 0/1 | 6 | 10.00 |" in hetero
     assert "## batch 2-4, IID," not in text
     assert f"not finished yet: {len(GRID)} of {len(GRID)}" in text
+    assert "\n\n\n" not in text  # a section without a pair has no empty pair table
 
 
 def test_a_run_that_ran_with_another_config_than_its_definition_is_stale_not_finished(runs_dir, capsys):
